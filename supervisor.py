@@ -1,0 +1,1950 @@
+#!/usr/bin/env python3
+"""A compact process supervisor in one module.
+
+Run it with ``python supervisor.py run -c services.yaml``; only the standard library and
+PyYAML are needed (psutil, when importable, is used to find a service's processes on
+systems without ``/proc``).
+
+How it is put together, top to bottom:
+
+* **Logging** -- ``log()`` writes human lines (text or JSON) to stderr or a file.
+* **Config** -- YAML is composed into nodes (so every problem carries a line), validated in
+  one pass into frozen dataclasses; every problem is collected into one ``ConfigError``.
+* **Event stream** -- one JSON object per line for every state transition (SPEC §4).
+* **Service states** -- one ``State`` enum and one transition table; ``Service.transition``
+  is the only place a state changes, and it emits exactly one event.
+* **Process seam** -- ``PosixProcesses`` / ``WindowsProcesses``: spawning in a new session,
+  signalling a group, finding a service's escaped processes, reaping, exit watches.
+  Nothing else in the module asks which OS it runs on.
+* **ServiceManager** -- decides: restart policies, backoff, stopping, shutdown. It sleeps in
+  ``selectors`` until a child exits, a signal arrives or a timer is due; it never polls.
+* **Self-respawn** -- an unexpected exception in the main loop re-executes the supervisor
+  with ``os.execv``; the running services are handed over through a small JSON file and
+  adopted (same PIDs) by the new image.
+* **CLI** -- ``run`` and ``check``.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import difflib
+import enum
+import heapq
+import itertools
+import json
+import math
+import os
+import random
+import re
+import select
+import selectors
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import types
+from dataclasses import dataclass, field
+from typing import (Any, Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Set,
+                    Tuple)
+
+import yaml
+
+__version__ = "0.1.0"
+
+IS_WINDOWS = sys.platform == "win32"
+HANDOFF_ENV = "SUPERVISOR_HANDOFF"
+SERVICE_TAG_ENV = "SUPERVISOR_SERVICE_TAG"
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+# --------------------------------------------------------------------------- logging
+
+LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+class _LogSettings:
+    level = LOG_LEVELS["info"]
+    fmt = "text"
+    stream: Any = sys.stderr
+
+
+def configure_logging(level: str = "info", fmt: str = "text", path: Optional[str] = None) -> None:
+    _LogSettings.level = LOG_LEVELS[level]
+    _LogSettings.fmt = fmt
+    _LogSettings.stream = open(path, "a", buffering=1) if path else sys.stderr
+
+
+def format_log_line(ts: float, level: str, message: str, service: Optional[str], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps({"ts": round(ts, 6), "level": level, "service": service,
+                           "message": message})
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + ".%03d" % (ts % 1 * 1000)
+    where = " [%s]" % service if service else ""
+    return "%s %-7s%s %s" % (stamp, level.upper(), where, message)
+
+
+def log(level: str, message: str, service: Optional[str] = None) -> None:
+    """Write one human-readable log line if ``level`` passes the configured threshold."""
+    if LOG_LEVELS[level] < _LogSettings.level:
+        return
+    line = format_log_line(time.time(), level, message, service, _LogSettings.fmt)
+    try:
+        _LogSettings.stream.write(line + "\n")
+        _LogSettings.stream.flush()
+    except (OSError, ValueError):
+        pass  # a closed or full log stream must never take the supervisor down
+
+
+# --------------------------------------------------------------------------- config
+
+# The document is composed (not loaded) so that every node keeps its line; the
+# walk below validates each key through a table of validators. A validator
+# reports what is wrong and returns a value anyway, so one bad key never hides
+# the next: parse_config raises once, at the end, with everything it found.
+
+
+class Problem(NamedTuple):
+    """One thing wrong with a config file; `key` is a dotted path such as services.web.restart."""
+
+    file: str
+    line: Optional[int]
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return ": ".join(part for part in (where, self.key, self.message) if part)
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; str() lists every problem, one per line."""
+
+    def __init__(self, problems: List[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(map(str, self.problems)))
+
+
+@dataclass(frozen=True)
+class Backoff:
+    factor: float = 1.0
+    max_delay: float = 60.0
+    jitter: float = 0.0
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    mode: str  # "inherit" | "null" | "file"
+    file: Optional[str] = None
+    max_bytes: Optional[int] = None
+    backups: int = 0
+
+
+@dataclass(frozen=True)
+class ReadySpec:
+    kind: str  # "after" | "log" | "tcp" | "file"
+    target: str
+    timeout: float
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    command: Tuple[str, ...]
+    shell: bool
+    cwd: Optional[str]
+    # A read-only dict: == compares contents, so reload can tell a changed env;
+    # left out of the hash because a mapping proxy is unhashable (equal configs
+    # still hash equal).
+    env: Mapping[str, str] = field(hash=False)
+    restart: str
+    success_exit_codes: FrozenSet[int]
+    max_retries: Optional[int]
+    restart_delay: float
+    backoff: Backoff
+    reset_after: float
+    stop_signal: str
+    stop_timeout: float
+    ready: Optional[ReadySpec]
+    depends_on: Tuple[str, ...]
+    stdout: OutputSpec
+    stderr: OutputSpec
+    autostart: bool
+    umask: Optional[int]
+    user: Optional[str]
+    line: Optional[int] = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class SelfRespawn:
+    enabled: bool = True
+    max: int = 5
+    window: float = 60.0
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    log_level: str = "info"
+    log_format: str = "text"
+    log_file: Optional[str] = None
+    events_file: Optional[str] = None
+    control_socket: Optional[str] = None
+    shutdown_timeout: float = 30.0
+    self_respawn: SelfRespawn = SelfRespawn()
+    state_file: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    supervisor: SupervisorSettings
+    services: Mapping[str, ServiceConfig] = field(hash=False)  # in file order
+
+
+# Portable names, accepted even where this OS lacks them, so one config serves every platform.
+_POSIX_SIGNALS = frozenset((
+    "SIGTERM", "SIGINT", "SIGKILL", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2",
+    "SIGABRT", "SIGALRM", "SIGCONT", "SIGSTOP", "SIGWINCH", "SIGPIPE", "SIGBREAK",
+))
+
+
+def canonical_signal_name(value: Any) -> Optional[str]:
+    """The canonical name: "TERM", "sigterm", "SIGTERM", 15 -> "SIGTERM"; None if not a signal."""
+    if isinstance(value, str) and value.strip().isdecimal():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return signal.Signals(value).name
+        except ValueError:
+            return None
+    if not isinstance(value, str):
+        return None
+    name = value.strip().upper()
+    for candidate in (name, "SIG" + name):
+        if candidate in signal.Signals.__members__:
+            return signal.Signals[candidate].name  # aliases such as SIGIOT -> SIGABRT
+        if candidate in _POSIX_SIGNALS:
+            return candidate
+    return None
+
+
+_NOT_SCALAR = object()  # a list or mapping where a scalar was expected, or an unreadable value
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_Validator = Callable[["_Checker", yaml.Node, str], Any]
+_Checked = Dict[str, Tuple[Any, yaml.Node]]  # key -> (validated value, its node)
+_Entries = Dict[str, Tuple[yaml.Node, yaml.Node]]  # key -> (key node, value node)
+
+
+def _node_value(node: yaml.Node) -> Any:
+    try:
+        return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError):  # e.g. a timestamp such as 2024-13-01
+        return node.value if isinstance(node, yaml.ScalarNode) else _NOT_SCALAR
+
+
+def _scalar_value(node: yaml.Node) -> Any:
+    return _node_value(node) if isinstance(node, yaml.ScalarNode) else _NOT_SCALAR
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return _scalar_value(node) is None
+
+
+def _describe(node: yaml.Node) -> str:
+    """The value as the user wrote it, for "got ..." (YAML spellings for null and booleans)."""
+    value = _node_value(node)
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if value is _NOT_SCALAR:  # could not be read at all
+        return "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _node_line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _key_path(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _did_you_mean(word: Any, options: Any, normal: Callable[[str], str] = str.lower) -> str:
+    """A " (did you mean ...?)" hint naming the option closest to `word`, or ""."""
+    if not isinstance(word, str):
+        return ""
+    by_normal = {normal(option): option for option in options}
+    close = difflib.get_close_matches(normal(word), list(by_normal), n=1)
+    return f" (did you mean {by_normal[close[0]]!r}?)" if close else ""
+
+
+class _Checker:
+    """Walks composed YAML nodes and collects problems instead of stopping at the first."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.problems: List[Problem] = []
+        self.service_names: Tuple[str, ...] = ()
+
+    def report(self, node: Optional[yaml.Node], key: str, message: str) -> None:
+        line = None if node is None else _node_line(node)
+        self.problems.append(Problem(self.path, line, key, message))
+
+    def expected(self, node: yaml.Node, key: str, what: str) -> None:
+        self.report(node, key, f"expected {what}, got {_describe(node)}")
+
+    def mapping(self, node: yaml.Node, key: str) -> _Entries:
+        """Entries by key text (so `on:` stays "on"); an empty value counts as an empty mapping."""
+        if not isinstance(node, yaml.MappingNode):
+            if not _is_null(node):
+                self.expected(node, key, "a mapping")
+            return {}
+        entries: _Entries = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.expected(key_node, key, "a plain key")
+            elif key_node.value in entries:
+                lines = f"lines {_node_line(entries[key_node.value][0])} and {_node_line(key_node)}"
+                self.report(key_node, _key_path(key, key_node.value), f"duplicate key ({lines})")
+            else:
+                entries[key_node.value] = (key_node, value_node)
+        return entries
+
+    def sequence(self, node: yaml.Node, key: str, what: str) -> List[yaml.Node]:
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        self.expected(node, key, what)
+        return []
+
+    def fields(self, node: yaml.Node, key: str, table: Mapping[str, _Validator]) -> _Checked:
+        """Each known key validated to (value, node); unknown keys reported with a suggestion."""
+        found: _Checked = {}
+        for name, (key_node, value_node) in self.mapping(node, key).items():
+            if name in table:
+                found[name] = (table[name](self, value_node, _key_path(key, name)), value_node)
+            else:
+                hint = _did_you_mean(name, table) or "; expected one of " + ", ".join(table)
+                self.report(key_node, _key_path(key, name), "unknown key" + hint)
+        return found
+
+
+def _just_values(found: _Checked) -> Dict[str, Any]:
+    return {name: value for name, (value, _) in found.items()}
+
+
+# -- validators: (checker, node, key) -> value; a problem is reported, never raised --
+
+
+def _check_boolean(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    value = _scalar_value(node)
+    return value if isinstance(value, bool) else ch.expected(node, key, "true or false")
+
+
+def _check_text(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    value = _scalar_value(node)
+    if isinstance(value, str) and value:
+        return value
+    return ch.expected(node, key, "a non-empty string")
+
+
+def _nullable(validator: _Validator) -> _Validator:
+    return lambda ch, node, key: None if _is_null(node) else validator(ch, node, key)
+
+
+def _number(what: str, accept: Callable[[float], bool]) -> _Validator:
+    def check(ch: _Checker, node: yaml.Node, key: str) -> Any:
+        value = _scalar_value(node)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return ch.expected(node, key, "a number")
+        if not math.isfinite(value) or not accept(value):
+            return ch.expected(node, key, what)
+        return float(value)
+
+    return check
+
+
+def _integer(low: int, high: float = math.inf, what: str = "") -> _Validator:
+    what = what or (f"an integer {low}..{high}" if high < math.inf else f"an integer >= {low}")
+
+    def check(ch: _Checker, node: yaml.Node, key: str) -> Any:
+        value = _scalar_value(node)
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return value
+        return ch.expected(node, key, what)
+
+    return check
+
+
+def _choice(*options: str) -> _Validator:
+    def check(ch: _Checker, node: yaml.Node, key: str) -> Any:
+        value = _scalar_value(node)
+        if isinstance(value, str) and value in options:
+            return value
+        hint = _did_you_mean(value, options)
+        ch.report(node, key, f"expected one of {', '.join(options)}; got {_describe(node)}{hint}")
+        return None
+
+    return check
+
+
+_check_seconds = _number("a number >= 0", lambda value: value >= 0)
+_check_positive_seconds = _number("a number > 0", lambda value: value > 0)
+
+
+def _check_signal(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    name = canonical_signal_name(_scalar_value(node))
+    if name is None:
+        names = sorted(_POSIX_SIGNALS.union(signal.Signals.__members__))
+        hint = _did_you_mean(_scalar_value(node), names, _signal_stem)
+        ch.report(node, key, f"expected a signal name such as SIGTERM, got {_describe(node)}{hint}")
+    return name
+
+
+def _signal_stem(name: str) -> str:
+    # Compared without the prefix, which every name shares and would make any word look close.
+    name = name.strip().upper()
+    return name[3:] if name.startswith("SIG") else name
+
+
+def _check_command(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    """A tuple of words, or a string left for _final_command once `shell` is known."""
+    if isinstance(node, yaml.SequenceNode):
+        if not node.value:
+            return ch.expected(node, key, "a non-empty command")
+        return tuple(_check_word(ch, item, f"{key}[{i}]") for i, item in enumerate(node.value))
+    value = _scalar_value(node)
+    if isinstance(value, str) and value.strip():
+        return value
+    return ch.expected(node, key, "a non-empty command (a string or a list of strings)")
+
+
+def _check_word(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    value = _scalar_value(node)
+    return value if isinstance(value, str) else ch.expected(node, key, "a string")
+
+
+def _final_command(ch: _Checker, command: Any, shell: Any, node: yaml.Node, key: str) -> Any:
+    """The argv: with shell: true a string is one shell line, else it is split into words."""
+    if command is None or (not shell and not isinstance(command, str)):
+        return command
+    if shell and not isinstance(command, str):
+        return ch.expected(node, key, "a single string with shell: true")
+    if shell:
+        return (command,)
+    try:
+        return tuple(shlex.split(command))
+    except ValueError as exc:  # unbalanced quotes or a trailing backslash
+        ch.report(node, key, f"expected a command line shlex can split, got {command!r} ({exc})")
+        return None
+
+
+def _check_env(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    env = {}
+    for name, (key_node, value_node) in ch.mapping(node, key).items():
+        if "=" in name or not name:
+            ch.expected(key_node, _key_path(key, name), "a variable name without '='")
+        elif not isinstance(value_node, yaml.ScalarNode) or _is_null(value_node):
+            ch.expected(value_node, _key_path(key, name), "a string")
+        else:
+            env[name] = value_node.value  # as written: PORT: 8080 -> "8080", MODE: 0755 -> "0755"
+    return types.MappingProxyType(env)
+
+
+_check_exit_code = _integer(0, 255)
+
+
+def _check_exit_codes(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    items = ch.sequence(node, key, "a list of exit codes")
+    return frozenset(_check_exit_code(ch, item, f"{key}[{i}]") for i, item in enumerate(items))
+
+
+def _check_service_ref(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    name = node.value if isinstance(node, yaml.ScalarNode) else None
+    if name in ch.service_names:
+        return name
+    hint = _did_you_mean(name, ch.service_names)
+    ch.report(node, key, f"expected a defined service, got {_describe(node)}{hint}")
+    return None
+
+
+def _check_service_refs(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    items = ch.sequence(node, key, "a list of service names")
+    names = (_check_service_ref(ch, item, f"{key}[{i}]") for i, item in enumerate(items))
+    return tuple(dict.fromkeys(name for name in names if name))
+
+
+def _check_regex(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    pattern = _check_text(ch, node, key)
+    if pattern is None:
+        return None
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        ch.report(node, key, f"expected a regular expression, got {pattern!r} ({exc})")
+        return None
+    return pattern
+
+
+def _check_host_port(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    value = _scalar_value(node)
+    host, _, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    if host and port.isdecimal() and 0 < int(port) < 65536:
+        return value
+    return ch.expected(node, key, "'HOST:PORT' with a port 1..65535")
+
+
+_READY_PROBES: Dict[str, _Validator] = {
+    "after": _check_service_ref,
+    "log": _check_regex,
+    "tcp": _check_host_port,
+    "file": _check_text,
+}
+_READY_KEYS = {**_READY_PROBES, "timeout": _check_positive_seconds}
+
+
+def _check_ready(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    found = _just_values(ch.fields(node, key, _READY_KEYS))
+    probes = [name for name in found if name in _READY_PROBES]
+    if len(probes) != 1:
+        got = ", ".join(probes) or "none"
+        ch.report(node, key, f"expected exactly one of after, log, tcp, file; got {got}")
+        return None
+    return ReadySpec(probes[0], found[probes[0]], found.get("timeout", 30.0))
+
+
+_OUTPUT_FILE: Dict[str, _Validator] = {
+    "file": _check_text,
+    "max_bytes": _nullable(_integer(1)),
+    "backups": _integer(0),
+}
+
+
+def _check_output(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        found = _just_values(ch.fields(node, key, _OUTPUT_FILE))
+        if "file" not in found:
+            ch.report(node, key, "missing required key 'file'")
+        return OutputSpec("file", **found)
+    value = _scalar_value(node)
+    mode = "null" if value is None else value  # a bare `null` in YAML arrives as None
+    if mode in ("inherit", "null"):
+        return OutputSpec(mode)
+    what = "inherit, null or {file: PATH, max_bytes: N, backups: K}"
+    hint = _did_you_mean(value, ("inherit", "null"))
+    ch.report(node, key, f"expected {what}; got {_describe(node)}{hint}")
+    return None
+
+
+def _check_umask(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    # YAML already reads 022 as octal; a string is read as octal too ("022", "0o22").
+    value = _scalar_value(node)
+    match = re.fullmatch(r"(?:0o)?([0-7]{1,4})", value.strip()) if isinstance(value, str) else None
+    mask = int(match.group(1), 8) if match else value
+    if isinstance(mask, int) and not isinstance(mask, bool) and 0 <= mask <= 0o777:
+        return mask
+    return ch.expected(node, key, "an octal umask such as '022'")
+
+
+def _section(cls: type, table: Mapping[str, _Validator]) -> _Validator:
+    return lambda ch, node, key: cls(**_just_values(ch.fields(node, key, table)))
+
+
+_REQUIRED_KEY = object()
+
+# key -> (validator, default); the keys are ServiceConfig's fields.
+_SERVICE_KEYS: Dict[str, Tuple[_Validator, Any]] = {
+    "command": (_check_command, _REQUIRED_KEY),
+    "shell": (_check_boolean, False),
+    "cwd": (_nullable(_check_text), None),
+    "env": (_check_env, types.MappingProxyType({})),
+    "restart": (_choice("always", "on-failure", "never"), "on-failure"),
+    "success_exit_codes": (_check_exit_codes, frozenset({0})),
+    "max_retries": (_nullable(_integer(0, what="an integer >= 0 or null")), 3),
+    "restart_delay": (_check_seconds, 0.0),
+    "backoff": (
+        _section(Backoff, {
+            "factor": _number("a number >= 1", lambda value: value >= 1),
+            "max_delay": _check_seconds,
+            "jitter": _number("a number between 0 and 1", lambda value: 0 <= value <= 1),
+        }),
+        Backoff(),
+    ),
+    "reset_after": (_check_seconds, 10.0),
+    "stop_signal": (_check_signal, "SIGTERM"),
+    "stop_timeout": (_check_seconds, 10.0),
+    "ready": (_nullable(_check_ready), None),
+    "depends_on": (_check_service_refs, ()),
+    "stdout": (_check_output, OutputSpec("inherit")),
+    "stderr": (_check_output, OutputSpec("inherit")),
+    "autostart": (_check_boolean, True),
+    "umask": (_nullable(_check_umask), None),
+    "user": (_nullable(_check_text), None),
+}
+_SERVICE_VALIDATORS = {name: validator for name, (validator, _) in _SERVICE_KEYS.items()}
+
+_SUPERVISOR_KEYS: Dict[str, _Validator] = {
+    "log_level": _choice("debug", "info", "warning", "error"),
+    "log_format": _choice("text", "json"),
+    "log_file": _nullable(_check_text),
+    "events_file": _nullable(_check_text),
+    "control_socket": _nullable(_check_text),
+    "shutdown_timeout": _check_positive_seconds,
+    "self_respawn": _section(SelfRespawn, {
+        "enabled": _check_boolean,
+        "max": _integer(0),
+        "window": _check_positive_seconds,
+    }),
+    "state_file": _nullable(_check_text),
+}
+
+
+def _build_service(
+    ch: _Checker, name: str, key_node: yaml.Node, node: yaml.Node, defaults: _Checked
+) -> Tuple[ServiceConfig, _Checked]:
+    """One service: its own keys over `defaults`, except env, merged variable by variable."""
+    key = f"services.{name}"
+    own = ch.fields(node, key, _SERVICE_VALIDATORS)
+    merged = {**defaults, **own}
+    if "env" in defaults and "env" in own:
+        env = types.MappingProxyType({**defaults["env"][0], **own["env"][0]})
+        merged["env"] = (env, own["env"][1])
+    settings = {
+        option: merged[option][0] if option in merged else default
+        for option, (_, default) in _SERVICE_KEYS.items()
+    }
+    if "command" in merged:
+        command, command_node = merged["command"]
+        where = key if "command" in own else "defaults"
+        settings["command"] = _final_command(
+            ch, command, settings["shell"], command_node, f"{where}.command"
+        )
+    else:
+        ch.report(key_node, key, "missing required key 'command'")
+    return ServiceConfig(name=name, line=_node_line(key_node), **settings), merged
+
+
+def _dependency_cycles(graph: Mapping[str, Tuple[str, ...]]) -> List[List[str]]:
+    """Each cycle once, as a path that ends where it starts."""
+    done: Set[str] = set()
+    cycles: List[List[str]] = []
+
+    def visit(name: str, trail: List[str]) -> None:
+        if name in trail:
+            cycles.append(trail[trail.index(name):] + [name])
+        elif name not in done:
+            for dependency in graph.get(name, ()):
+                visit(dependency, trail + [name])
+            done.add(name)
+
+    for name in graph:
+        visit(name, [])
+    return cycles
+
+
+def _syntax_problem(path: str, exc: yaml.YAMLError) -> Problem:
+    mark = getattr(exc, "problem_mark", None)
+    parts = (getattr(exc, "context", None), getattr(exc, "problem", None))
+    what = ", ".join(part for part in parts if part) or str(exc).splitlines()[0]
+    if mark is None:
+        return Problem(path, None, "", f"invalid YAML: {what}")
+    return Problem(path, mark.line + 1, "", f"invalid YAML at column {mark.column + 1}: {what}")
+
+
+def _node_itself(ch: _Checker, node: yaml.Node, key: str) -> yaml.Node:
+    return node
+
+
+# defaults and services are walked by _build_services, once every service name is known.
+_TOP_KEYS: Dict[str, _Validator] = {
+    "supervisor": _section(SupervisorSettings, _SUPERVISOR_KEYS),
+    "defaults": _node_itself,
+    "services": _node_itself,
+}
+
+
+def _build_services(
+    ch: _Checker, node: Optional[yaml.Node], defaults_node: Optional[yaml.Node]
+) -> Dict[str, ServiceConfig]:
+    entries = ch.mapping(node, "services") if node else {}
+    ch.service_names = tuple(entries)  # known before any depends_on or ready.after is checked
+    for name, (key_node, _) in entries.items():
+        if not _SERVICE_NAME.fullmatch(name):
+            what = "a service name of letters, digits, '_', '.' or '-'"
+            ch.report(key_node, "services", f"expected {what}, got {name!r}")
+    # Say there are none, unless `services` was something else (reported as not a mapping).
+    if not entries and (node is None or isinstance(node, yaml.MappingNode) or _is_null(node)):
+        ch.report(node, "services", "at least one service is required")
+    defaults = ch.fields(defaults_node, "defaults", _SERVICE_VALIDATORS) if defaults_node else {}
+    services = {}
+    depends_on_nodes = {}
+    for name, (key_node, value_node) in entries.items():
+        services[name], merged = _build_service(ch, name, key_node, value_node, defaults)
+        if "depends_on" in merged:
+            depends_on_nodes[name] = merged["depends_on"][1]
+    graph = {name: service.depends_on for name, service in services.items()}
+    for cycle in _dependency_cycles(graph):
+        message = "dependency cycle " + " -> ".join(cycle)
+        ch.report(depends_on_nodes[cycle[0]], f"services.{cycle[0]}.depends_on", message)
+    return services
+
+
+def parse_config(text: str, path: str) -> Config:
+    """Validate a whole config; raises ConfigError listing every problem found."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError([_syntax_problem(path, exc)]) from None
+    if not isinstance(root, yaml.MappingNode):
+        line, got = (None, "an empty file") if root is None else (_node_line(root), _describe(root))
+        message = f"expected a mapping with a 'services' key, got {got}"
+        raise ConfigError([Problem(path, line, "", message)])
+    ch = _Checker(path)
+    top = _just_values(ch.fields(root, "", _TOP_KEYS))
+    services = _build_services(ch, top.get("services"), top.get("defaults"))
+    if ch.problems:
+        unique = dict.fromkeys(ch.problems)  # a bad default is found once per service
+        raise ConfigError(sorted(unique, key=lambda problem: problem.line or 0))
+    supervisor = top.get("supervisor", SupervisorSettings())
+    return Config(path, supervisor, types.MappingProxyType(services))
+
+
+def read_config_text(path: str) -> str:
+    """The text of a config file; an unreadable file is a ConfigError naming it."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return stream.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        message = f"cannot read the config file: {reason}"
+        raise ConfigError([Problem(path, None, "", message)]) from None
+
+
+def load_config(path: str) -> Config:
+    """Read and validate a config file."""
+    return parse_config(read_config_text(path), path)
+
+
+# --------------------------------------------------------------------------- event stream
+
+class EventStream:
+    """Appends one JSON object per event to a file (or stdout), flushed as it happens.
+
+    ``os.write`` on an ``O_APPEND`` descriptor keeps every line whole, and a re-executed
+    supervisor reopening the same path simply goes on appending.
+    """
+
+    def __init__(self, path: Optional[str], clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.listeners: List[Callable[[Dict[str, Any]], None]] = []
+        if path == "-":
+            self._fd: Optional[int] = sys.stdout.fileno()
+        elif path:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        else:
+            self._fd = None
+
+    def emit(self, event: str, service: Optional[str] = None, **fields: Any) -> Dict[str, Any]:
+        record = {"ts": time.time(), "mono": self.clock(), "event": event, "service": service}
+        record.update(fields)
+        if self._fd is not None:
+            try:
+                os.write(self._fd, (json.dumps(record) + "\n").encode())
+            except OSError as exc:
+                log("warning", "cannot write the event stream: %s" % exc)
+        for listener in self.listeners:
+            listener(record)
+        return record
+
+
+# --------------------------------------------------------------------------- service states
+
+class State(enum.Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    EXITED = "exited"
+    FATAL = "fatal"
+
+
+S = State
+# Every legal transition, as event -> (states it may leave, states it may enter).
+# Each transition emits exactly that one event.
+TRANSITIONS: Dict[str, Tuple[Set[State], Set[State]]] = {
+    "spawned": ({S.STOPPED, S.BACKOFF, S.EXITED, S.FATAL}, {S.STARTING, S.RUNNING}),
+    "spawn_failed": ({S.STOPPED, S.BACKOFF, S.EXITED, S.FATAL}, {S.EXITED}),
+    "adopted": ({S.STOPPED}, {S.RUNNING, S.STOPPING}),
+    "ready": ({S.STARTING}, {S.RUNNING}),
+    "exited": ({S.STARTING, S.RUNNING}, {S.EXITED}),
+    "restart_scheduled": ({S.EXITED}, {S.BACKOFF}),
+    "gave_up": ({S.EXITED}, {S.FATAL}),
+    "stopping": ({S.STARTING, S.RUNNING}, {S.STOPPING}),
+    "stopped": ({S.STOPPING, S.BACKOFF, S.EXITED, S.FATAL}, {S.STOPPED}),
+}
+del S
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class ExitInfo:
+    returncode: Optional[int]
+    signal: Optional[str]
+
+    def describe(self) -> str:
+        return "killed by %s" % self.signal if self.signal else "exit code %s" % self.returncode
+
+
+class Service:
+    """One configured service: its state and what the state machine needs to remember."""
+
+    def __init__(self, config: ServiceConfig, events: EventStream):
+        self.config = config
+        self.name = config.name
+        self.events = events
+        self.state = State.STOPPED
+        self.pid: Optional[int] = None
+        self.retries = 0          # consecutive restarts, reset after `reset_after` of uptime
+        self.restarts = 0         # all restarts since the supervisor started
+        self.started_at: Optional[float] = None
+        self.last_exit: Optional[ExitInfo] = None
+        self.timer: Optional[Timer] = None
+        # while stopping: the main pid's exit, processes that escaped its group, the signal
+        self.stop_exit: Optional[ExitInfo] = None
+        self.leftovers: Set[int] = set()
+        self.forced = False
+
+    def transition(self, event: str, new_state: State, **fields: Any) -> Dict[str, Any]:
+        sources, targets = TRANSITIONS[event]
+        if self.state not in sources or new_state not in targets:
+            raise IllegalTransition("%s: %s cannot go %s -> %s"
+                                    % (self.name, event, self.state.value, new_state.value))
+        self.state = new_state
+        return self.events.emit(event, self.name, **fields)
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+def restart_delay(config: ServiceConfig, restart_number: int,
+                  rng: Callable[[float, float], float] = random.uniform) -> float:
+    """Delay before restart number ``restart_number`` (1 = the first restart)."""
+    if config.restart_delay <= 0:
+        return 0.0
+    backoff = config.backoff
+    delay = min(config.restart_delay * backoff.factor ** (restart_number - 1), backoff.max_delay)
+    if backoff.jitter:
+        delay *= 1 + rng(-backoff.jitter, backoff.jitter)
+    return max(delay, 0.0)
+
+
+# --------------------------------------------------------------------------- timers
+
+class Timer:
+    __slots__ = ("due", "callback", "cancelled")
+
+    def __init__(self, due: float, callback: Callable[[], None]):
+        self.due = due
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Timers:
+    """A heap of one-shot timers on an injected monotonic clock."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self.clock = clock
+        self._heap: List[Tuple[float, int, Timer]] = []
+        self._sequence = itertools.count()
+
+    def call_at(self, due: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(due, callback)
+        heapq.heappush(self._heap, (due, next(self._sequence), timer))
+        return timer
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        return self.call_at(self.clock() + delay, callback)
+
+    def next_timeout(self) -> Optional[float]:
+        while self._heap and self._heap[0][2].cancelled:
+            heapq.heappop(self._heap)
+        if not self._heap:
+            return None
+        return max(self._heap[0][0] - self.clock(), 0.0)
+
+    def run_due(self) -> None:
+        """Run the timers due now; those their callbacks add wait for the next pass."""
+        now, newest = self.clock(), next(self._sequence)
+        while self._heap and self._heap[0][0] <= now and self._heap[0][1] < newest:
+            timer = heapq.heappop(self._heap)[2]
+            if not timer.cancelled:
+                timer.cancelled = True
+                timer.callback()
+
+
+# --------------------------------------------------------------------------- process seam
+
+class PosixProcesses:
+    """Process control on POSIX systems: the one place that knows about sessions and signals.
+
+    Exit detection: on Linux each child gets a pidfd (probed, not assumed) that wakes the
+    loop the moment it exits and lets us signal it without a PID-reuse race; SIGCHLD,
+    delivered through ``signal.set_wakeup_fd``, wakes the loop everywhere (it is the only
+    wake-up where pidfds are missing, and it covers orphans re-parented to us). Children are
+    reaped with ``waitpid(-1, WNOHANG)``: every child of this process is ours, and on Linux
+    the supervisor is a child subreaper, so orphans of its services come home to be reaped
+    and their deaths wake us too.
+    """
+
+    def __init__(self) -> None:
+        self.use_pidfd = _pidfd_works()
+        self.is_subreaper = False
+        self._popen: Dict[int, subprocess.Popen] = {}
+
+    def claim_orphans(self) -> None:
+        """Become the parent of whatever our services orphan (Linux: a child subreaper)."""
+        self.is_subreaper = _become_subreaper()
+
+    def wakeup_source(self) -> Optional[socket.socket]:
+        return None  # exits wake the loop through pidfds and SIGCHLD
+
+    # -- starting
+
+    def spawn(self, config: ServiceConfig, env: Dict[str, str]) -> int:
+        """Start ``config`` in a new session; raise OSError when it cannot be started."""
+        command: Any = config.command[0] if config.shell else list(config.command)
+        stdout, stderr = _open_output(config.stdout), _open_output(config.stderr)
+        try:
+            proc = subprocess.Popen(
+                command, shell=config.shell, cwd=config.cwd, env=env,
+                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                start_new_session=True, close_fds=True)
+        finally:
+            for stream in (stdout, stderr):
+                if hasattr(stream, "close"):
+                    stream.close()
+        self._popen[proc.pid] = proc
+        return proc.pid
+
+    # -- watching and reaping
+
+    def watch(self, pid: int) -> Optional[int]:
+        """A file descriptor that becomes readable when ``pid`` exits, if this OS offers one."""
+        if not self.use_pidfd:
+            return None
+        try:
+            return os.pidfd_open(pid)  # type: ignore[attr-defined]
+        except OSError:
+            return None  # already gone: the reap that follows will report it
+
+    def reap(self) -> List[Tuple[int, ExitInfo]]:
+        """Collect every child that has exited, ours or an orphan re-parented to us."""
+        reaped = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            info = _exit_info(status)
+            proc = self._popen.pop(pid, None)
+            if proc is not None:
+                # so that Popen never waits for this pid again (it could be reused by then)
+                proc.returncode = info.returncode if info.signal is None else -1
+            reaped.append((pid, info))
+        return reaped
+
+    def wait(self, pid: int) -> None:
+        """Block until child ``pid`` has exited, and reap it."""
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass  # already reaped
+        proc = self._popen.pop(pid, None)
+        if proc is not None:
+            proc.returncode = -1
+
+    def is_child(self, pid: int) -> bool:
+        """True if ``pid`` is still our child (alive, or dead and not yet reaped)."""
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return False
+        return True
+
+    # -- signalling
+
+    def send(self, pid: int, signame: str) -> bool:
+        try:
+            os.kill(pid, getattr(signal, signame))
+        except (ProcessLookupError, PermissionError):
+            return False  # already gone, or the PID now belongs to someone else
+        return True
+
+    def send_group(self, pgid: int, signame: str) -> bool:
+        try:
+            os.killpg(pgid, getattr(signal, signame))
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def group_alive(self, pgid: int) -> bool:
+        return _signal_zero(os.killpg, pgid)
+
+    def alive(self, pid: int) -> bool:
+        return _signal_zero(os.kill, pid)
+
+    def in_group(self, pid: int, pgid: int) -> bool:
+        try:
+            return os.getpgid(pid) == pgid
+        except ProcessLookupError:
+            return False
+
+    # -- finding a service's processes
+
+    def tagged_processes(self, prefix: str) -> Dict[str, Set[int]]:
+        """Live processes whose environment carries a service tag starting with ``prefix``.
+
+        Every service is started with ``SUPERVISOR_SERVICE_TAG`` in its environment, which its
+        descendants inherit, so a daemon that double-forked out of the service's session is
+        still found.
+        """
+        if os.path.isdir("/proc/self"):
+            return _scan_proc_tags(prefix)
+        return _scan_psutil_tags(prefix)
+
+    @property
+    def orphans_come_home(self) -> bool:
+        """Whether every process a service leaves behind ends up as our child."""
+        return self.is_subreaper
+
+    def watch_parent(self, parent_pid: int) -> Optional[Any]:
+        """Something selectable that wakes us when ``parent_pid`` dies (it is not our child)."""
+        if self.use_pidfd:
+            try:
+                return os.pidfd_open(parent_pid)  # type: ignore[attr-defined]
+            except OSError:
+                return None
+        if hasattr(select, "kqueue"):
+            queue = select.kqueue()
+            event = select.kevent(parent_pid, filter=select.KQ_FILTER_PROC,
+                                  flags=select.KQ_EV_ADD | select.KQ_EV_ONESHOT,
+                                  fflags=select.KQ_NOTE_EXIT)
+            try:
+                queue.control([event], 0)
+            except OSError:
+                queue.close()
+                return None
+            return queue
+        _set_parent_death_signal(signal.SIGTERM)
+        return None
+
+
+class WindowsProcesses:
+    """Process control on Windows.
+
+    Each service gets a new process group (so CTRL_BREAK_EVENT reaches only it) and a job
+    object with kill-on-close, so its whole tree can be ended at once and dies with us.
+    Exits are seen by one thread per child blocked on its process handle, which wakes the
+    loop through a socket pair: ``selectors`` on Windows can only wait on sockets.
+    The exec emulation starts a new process, so a re-executed supervisor cannot keep its
+    children: their jobs close with the old image and the new one starts them again.
+    """
+
+    orphans_come_home = False
+
+    def __init__(self) -> None:
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._exited: List[Tuple[int, ExitInfo]] = []
+        self._popen: Dict[int, subprocess.Popen] = {}
+        self._jobs: Dict[int, Any] = {}
+
+    def wakeup_source(self) -> Optional[socket.socket]:
+        return self._wake_reader
+
+    def claim_orphans(self) -> None:
+        pass  # the job objects hold each service's tree instead
+
+    def spawn(self, config: ServiceConfig, env: Dict[str, str]) -> int:
+        command: Any = config.command[0] if config.shell else list(config.command)
+        stdout, stderr = _open_output(config.stdout), _open_output(config.stderr)
+        try:
+            proc = subprocess.Popen(
+                command, shell=config.shell, cwd=config.cwd, env=env,
+                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)  # type: ignore[attr-defined]
+        finally:
+            for stream in (stdout, stderr):
+                if hasattr(stream, "close"):
+                    stream.close()
+        self._popen[proc.pid] = proc
+        self._jobs[proc.pid] = _windows_job(proc)
+        threading.Thread(target=self._wait_for_exit, args=(proc,), daemon=True).start()
+        return proc.pid
+
+    def _wait_for_exit(self, proc: subprocess.Popen) -> None:
+        returncode = proc.wait()
+        self._exited.append((proc.pid, ExitInfo(returncode, None)))
+        try:
+            self._wake_writer.send(b"x")
+        except OSError:
+            pass  # the loop is closing
+
+    def watch(self, pid: int) -> Optional[int]:
+        return None  # the wait threads wake the loop through wakeup_source()
+
+    def reap(self) -> List[Tuple[int, ExitInfo]]:
+        reaped = []
+        while self._exited:
+            reaped.append(self._exited.pop(0))
+        for pid, _ in reaped:
+            self._popen.pop(pid, None)
+        return reaped
+
+    def wait(self, pid: int) -> None:
+        proc = self._popen.get(pid)
+        if proc is not None:
+            proc.wait()
+
+    def is_child(self, pid: int) -> bool:
+        return pid in self._popen
+
+    def send(self, pid: int, signame: str) -> bool:
+        try:
+            os.kill(pid, signal.SIGTERM)  # TerminateProcess: the only way to one process
+        except OSError:
+            return False
+        return True
+
+    def send_group(self, pgid: int, signame: str) -> bool:
+        job = self._jobs.get(pgid)
+        if signame == "SIGKILL" and job is not None:
+            return bool(_kernel32().TerminateJobObject(job, 1))
+        try:
+            os.kill(pgid, signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+        except OSError:
+            return False
+        return True
+
+    def group_alive(self, pgid: int) -> bool:
+        job = self._jobs.get(pgid)
+        if job is None:
+            return False
+        if _windows_job_active_processes(job):
+            return True
+        _kernel32().CloseHandle(self._jobs.pop(pgid))
+        return False
+
+    def alive(self, pid: int) -> bool:
+        kernel32 = _kernel32()
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        try:
+            code = ctypes.c_ulong()
+            kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+            return code.value == 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
+
+    def in_group(self, pid: int, pgid: int) -> bool:
+        return False  # Windows has no cheap group query; the job covers the tree
+
+    def tagged_processes(self, prefix: str) -> Dict[str, Set[int]]:
+        return _scan_psutil_tags(prefix)
+
+    def watch_parent(self, parent_pid: int) -> Optional[Any]:
+        kernel32 = _kernel32()
+        handle = kernel32.OpenProcess(0x00100000, False, parent_pid)  # SYNCHRONIZE
+        if not handle:
+            return None
+        reader, writer = socket.socketpair()
+
+        def wait_for_parent() -> None:
+            kernel32.WaitForSingleObject(handle, 0xFFFFFFFF)
+            writer.send(b"x")
+
+        threading.Thread(target=wait_for_parent, daemon=True).start()
+        return reader
+
+
+def _kernel32() -> Any:
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.restype = ctypes.c_void_p
+    kernel32.CreateJobObjectW.restype = ctypes.c_void_p
+    for name in ("CloseHandle", "TerminateJobObject", "GetExitCodeProcess",
+                 "AssignProcessToJobObject", "SetInformationJobObject",
+                 "QueryInformationJobObject", "WaitForSingleObject"):
+        getattr(kernel32, name).argtypes = None
+    return kernel32
+
+
+def _windows_job(proc: subprocess.Popen) -> Any:
+    """A job object holding ``proc`` that kills everything in it when its handle closes."""
+
+    class IoCounters(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_ulonglong) for name in (
+            "ReadOperationCount", "WriteOperationCount", "OtherOperationCount",
+            "ReadTransferCount", "WriteTransferCount", "OtherTransferCount")]
+
+    class BasicLimits(ctypes.Structure):
+        _fields_ = [("PerProcessUserTimeLimit", ctypes.c_longlong),
+                    ("PerJobUserTimeLimit", ctypes.c_longlong),
+                    ("LimitFlags", ctypes.c_uint32), ("MinimumWorkingSetSize", ctypes.c_size_t),
+                    ("MaximumWorkingSetSize", ctypes.c_size_t),
+                    ("ActiveProcessLimit", ctypes.c_uint32), ("Affinity", ctypes.c_size_t),
+                    ("PriorityClass", ctypes.c_uint32), ("SchedulingClass", ctypes.c_uint32)]
+
+    class ExtendedLimits(ctypes.Structure):
+        _fields_ = [("BasicLimitInformation", BasicLimits), ("IoInfo", IoCounters),
+                    ("ProcessMemoryLimit", ctypes.c_size_t),
+                    ("JobMemoryLimit", ctypes.c_size_t),
+                    ("PeakProcessMemoryUsed", ctypes.c_size_t),
+                    ("PeakJobMemoryUsed", ctypes.c_size_t)]
+
+    kernel32 = _kernel32()
+    job = kernel32.CreateJobObjectW(None, None)
+    limits = ExtendedLimits()
+    limits.BasicLimitInformation.LimitFlags = 0x2000  # JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
+    kernel32.SetInformationJobObject(ctypes.c_void_p(job), 9, ctypes.byref(limits),
+                                     ctypes.sizeof(limits))
+    # A grandchild started before this line escapes the job: a race Popen cannot close,
+    # as it offers no way to start the child suspended.
+    kernel32.AssignProcessToJobObject(ctypes.c_void_p(job), ctypes.c_void_p(int(proc._handle)))
+    return ctypes.c_void_p(job)
+
+
+def _windows_job_active_processes(job: Any) -> int:
+
+    class Accounting(ctypes.Structure):
+        _fields_ = [("TotalUserTime", ctypes.c_longlong), ("TotalKernelTime", ctypes.c_longlong),
+                    ("ThisPeriodTotalUserTime", ctypes.c_longlong),
+                    ("ThisPeriodTotalKernelTime", ctypes.c_longlong),
+                    ("TotalPageFaultCount", ctypes.c_uint32),
+                    ("TotalProcesses", ctypes.c_uint32), ("ActiveProcesses", ctypes.c_uint32),
+                    ("TotalTerminatedProcesses", ctypes.c_uint32)]
+
+    info = Accounting()
+    if not _kernel32().QueryInformationJobObject(job, 1, ctypes.byref(info),
+                                                 ctypes.sizeof(info), None):
+        return 0
+    return int(info.ActiveProcesses)
+
+
+def _signal_zero(kill: Callable[[int, int], None], target: int) -> bool:
+    try:
+        kill(target, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _exit_info(status: int) -> ExitInfo:
+    if os.WIFSIGNALED(status):
+        return ExitInfo(None, signal.Signals(os.WTERMSIG(status)).name)
+    return ExitInfo(os.WEXITSTATUS(status), None)
+
+
+def _open_output(spec: OutputSpec) -> Any:
+    if spec.mode == "null":
+        return subprocess.DEVNULL
+    if spec.mode == "file":
+        return open(spec.file, "ab")  # type: ignore[arg-type]
+    return None
+
+
+def _pidfd_works() -> bool:
+    """pidfd_open exists (Python 3.9+) and the kernel supports it (Linux 5.3+)."""
+    if not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    return True
+
+
+def _prctl(option: int, value: int) -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(option, value, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _become_subreaper() -> bool:
+    PR_SET_CHILD_SUBREAPER = 36
+    return sys.platform.startswith("linux") and _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _set_parent_death_signal(signum: int) -> bool:
+    PR_SET_PDEATHSIG = 1
+    return sys.platform.startswith("linux") and _prctl(PR_SET_PDEATHSIG, signum)
+
+
+def _parse_tag(environ: bytes, prefix: bytes) -> Optional[str]:
+    environ = b"\0" + environ  # so the first variable is found like the others
+    needle = b"\0" + SERVICE_TAG_ENV.encode() + b"=" + prefix
+    start = environ.find(needle)
+    if start < 0:
+        return None
+    start += len(needle) - len(prefix)
+    end = environ.find(b"\0", start)
+    return environ[start:end if end >= 0 else None].decode(errors="replace")
+
+
+def _scan_proc_tags(prefix: str) -> Dict[str, Set[int]]:
+    found: Dict[str, Set[int]] = {}
+    wanted = prefix.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/environ" % entry, "rb") as environ_file:
+                tag = _parse_tag(environ_file.read(), wanted)
+        except OSError:
+            continue  # gone, or another user's process
+        if tag is not None:
+            found.setdefault(tag, set()).add(int(entry))
+    return found
+
+
+def _scan_psutil_tags(prefix: str) -> Dict[str, Set[int]]:
+    try:
+        import psutil
+    except ImportError:
+        return {}  # without /proc or psutil only the process group can be found
+    found: Dict[str, Set[int]] = {}
+    for proc in psutil.process_iter():
+        try:
+            tag = proc.environ().get(SERVICE_TAG_ENV, "")
+        except (psutil.Error, OSError):
+            continue
+        if tag.startswith(prefix):
+            found.setdefault(tag, set()).add(proc.pid)
+    return found
+
+
+def default_processes() -> Any:
+    return WindowsProcesses() if IS_WINDOWS else PosixProcesses()
+
+
+# --------------------------------------------------------------------------- the manager
+
+class InjectedFault(RuntimeError):
+    """Raised inside the main loop on request (--allow-fault-injection + SIGUSR1)."""
+
+
+class ReexecRequested(Exception):
+    """The operator asked for a re-exec (SIGUSR2): hand the services over and exec."""
+
+
+# What the loop does with each signal it is told about (POSIX names; missing ones are skipped).
+HANDLED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGCHLD", "SIGBREAK")
+# How long after SIGKILLing everything at the end of a shutdown we still wait for the reaps.
+FINAL_REAP_GRACE = 5.0
+# Re-check cadence for a stopping service whose processes cannot wake us when they die
+# (only where they are not re-parented to us, i.e. not on Linux).
+ORPHAN_RECHECK_INTERVAL = 0.05
+
+
+class ServiceManager:
+    """Starts services, watches them and applies their restart policies.
+
+    All decisions are made in ``monitor_services()``, which runs whenever the loop wakes: a
+    child exited, a signal arrived or a timer is due. Signal handlers only record the signal.
+    """
+
+    def __init__(self, config: Config, events: Optional[EventStream] = None,
+                 processes: Any = None, clock: Callable[[], float] = time.monotonic,
+                 rng: Callable[[float, float], float] = random.uniform):
+        self.config = config
+        self.clock = clock
+        self.rng = rng
+        self.events = events if events is not None else EventStream(None, clock)
+        self.processes = processes if processes is not None else default_processes()
+        self.timers = Timers(clock)
+        self.services = {name: Service(cfg, self.events) for name, cfg in config.services.items()}
+        self.tag_prefix = "%d/" % os.getpid()
+        self.allow_fault_injection = False
+        self.shutting_down = False
+        self.finished = False
+        self.exit_code = EXIT_OK
+        self._by_pid: Dict[int, Service] = {}
+        self._watches: Dict[int, int] = {}  # pid -> pidfd
+        self._pending_signals: List[int] = []
+        self._selector = selectors.DefaultSelector()
+        self._wakeup: Optional[Tuple[socket.socket, socket.socket]] = None
+        self._shutdown_timer: Optional[Timer] = None
+        self._recheck: Optional[Timer] = None
+
+    # -- public API
+
+    def start_service(self, name: str) -> None:
+        """Start ``name`` now unless it is already running or stopping."""
+        service = self.services[name]
+        if service.state in (State.STOPPED, State.EXITED, State.FATAL, State.BACKOFF):
+            service.cancel_timer()
+            service.retries = 0  # asked for by a person: a fresh series of attempts
+            self._spawn(service)
+
+    def stop_service(self, name: str) -> None:
+        """Stop ``name``: stop signal to its group, SIGKILL to its whole tree after the timeout."""
+        self._begin_stop([self.services[name]])
+
+    def monitor_services(self) -> None:
+        """One pass: act on signals, reap exits and apply policies, run due timers."""
+        self._handle_signals()
+        for pid, info in self.processes.reap():
+            self._on_exit(pid, info)
+        self.timers.run_due()
+        for service in self.services.values():
+            if service.state is State.STOPPING:
+                self._check_stopped(service)
+        if self.shutting_down and not any(s.state is State.STOPPING
+                                          for s in self.services.values()):
+            self.finished = True
+
+    def run_monitoring(self) -> None:
+        """The main loop: sleep until something happens, then ``monitor_services()``."""
+        while not self.finished:
+            for key, _ in self._selector.select(self.timers.next_timeout()):
+                key.data()
+            self.monitor_services()
+
+    def shutdown(self, code: int = EXIT_OK) -> None:
+        """Stop every service in parallel; the loop ends once all of them are gone."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        self.exit_code = code
+        log("info", "shutting down")
+        self._begin_stop(list(self.services.values()))
+        timeout = self.config.supervisor.shutdown_timeout
+        self._shutdown_timer = self.timers.call_later(timeout, self._shutdown_expired)
+
+    # -- starting up
+
+    def start(self, handoff: Optional[Dict[str, Any]] = None, respawn_count: int = 0,
+              config_path: str = "") -> None:
+        """Install the wake-ups, announce ourselves, then adopt handed-over services or start."""
+        self.processes.claim_orphans()
+        self._install_wakeups()
+        self.events.emit("supervisor_started", None, pid=os.getpid(), version=__version__,
+                         config=config_path, respawn_count=respawn_count)
+        if handoff is not None:
+            self._adopt(handoff)
+        else:
+            for service in self.services.values():
+                if service.config.autostart:
+                    self._spawn(service)
+
+    def watch_parent(self, parent_pid: int) -> None:
+        """Shut down when the process that started us goes away (--exit-with-parent)."""
+        watch = self.processes.watch_parent(parent_pid)
+        if watch is not None:
+            self._selector.register(watch, selectors.EVENT_READ, self._parent_gone)
+        if os.getppid() != parent_pid:
+            self._parent_gone()
+
+    def _parent_gone(self) -> None:
+        if not self.shutting_down:
+            log("info", "the parent process is gone; shutting down")
+            self.shutdown()
+
+    def _install_wakeups(self) -> None:
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        self._wakeup = (reader, writer)
+        self._selector.register(reader, selectors.EVENT_READ, self._drain_wakeup)
+        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        for name in HANDLED_SIGNALS:
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), self._record_signal)
+        source = self.processes.wakeup_source()
+        if source is not None:
+            self._selector.register(source, selectors.EVENT_READ,
+                                    lambda: _drain(source))
+
+    def _record_signal(self, signum: int, frame: Any) -> None:
+        self._pending_signals.append(signum)
+
+    def _drain_wakeup(self) -> None:
+        assert self._wakeup is not None
+        _drain(self._wakeup[0])
+
+    def close(self) -> None:
+        """Release the loop's descriptors and signal handlers (before an exec or exit)."""
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(-1)
+            self._selector.unregister(self._wakeup[0])
+            for sock in self._wakeup:
+                sock.close()
+            self._wakeup = None
+        for pid in list(self._watches):
+            self._unwatch(pid)
+
+    # -- signals
+
+    def _handle_signals(self) -> None:
+        while self._pending_signals:
+            name = signal.Signals(self._pending_signals.pop(0)).name
+            if name in ("SIGTERM", "SIGBREAK") or (name == "SIGINT" and not self.shutting_down):
+                log("info", "received %s" % name)
+                self.shutdown()
+            elif name == "SIGINT":
+                log("warning", "second SIGINT: killing every service now")
+                self._force_kill([s for s in self.services.values() if s.state is State.STOPPING])
+            elif name == "SIGUSR1":
+                if self.allow_fault_injection:
+                    raise InjectedFault("fault injected by SIGUSR1")
+                log("warning", "ignoring SIGUSR1 (fault injection is not enabled)")
+            elif name == "SIGUSR2" and not self.shutting_down:
+                raise ReexecRequested()
+            elif name == "SIGHUP":
+                log("warning", "ignoring SIGHUP: reload is not available in this version")
+
+    # -- spawning and exits
+
+    def _spawn(self, service: Service) -> None:
+        service.timer = None
+        if self.shutting_down:
+            return
+        config = service.config
+        env = dict(os.environ)
+        env.update(config.env)
+        env[SERVICE_TAG_ENV] = self.tag_prefix + service.name
+        try:
+            pid = self.processes.spawn(config, env)
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            error = "%s: %s" % (type(exc).__name__, exc)
+            log("error", "cannot start %s: %s" % (" ".join(config.command), error), service.name)
+            service.last_exit = None
+            service.transition("spawn_failed", State.EXITED, error=error)
+            self._apply_policy(service, expected=False, uptime=0.0)
+            return
+        self._track(service, pid)
+        service.started_at = self.clock()
+        log("info", "spawned pid %d (attempt %d)" % (pid, service.retries + 1), service.name)
+        service.transition("spawned", State.RUNNING, pid=pid, attempt=service.retries + 1)
+
+    def _track(self, service: Service, pid: int) -> None:
+        service.pid = pid
+        self._by_pid[pid] = service
+        self._watch(pid)
+
+    def _watch(self, pid: int) -> None:
+        fd = self.processes.watch(pid)
+        if fd is not None:
+            self._watches[pid] = fd
+            self._selector.register(fd, selectors.EVENT_READ, _nothing)
+
+    def _unwatch(self, pid: int) -> None:
+        fd = self._watches.pop(pid, None)
+        if fd is not None:
+            self._selector.unregister(fd)
+            os.close(fd)
+
+    def _on_exit(self, pid: int, info: ExitInfo) -> None:
+        self._unwatch(pid)
+        service = self._by_pid.pop(pid, None)
+        if service is None:
+            return  # an orphan re-parented to us; stopping services re-check their trees
+        if service.state is State.STOPPING:
+            service.stop_exit = info
+            return
+        uptime = self.clock() - (service.started_at or self.clock())
+        expected = info.signal is None and info.returncode in service.config.success_exit_codes
+        service.pid = None
+        service.last_exit = info
+        level = "info" if expected else "warning"
+        log(level, "pid %d exited (%s) after %.3fs" % (pid, info.describe(), uptime), service.name)
+        service.transition("exited", State.EXITED, pid=pid, returncode=info.returncode,
+                           signal=info.signal, uptime=round(uptime, 6), expected=expected)
+        self._apply_policy(service, expected, uptime)
+
+    def _apply_policy(self, service: Service, expected: bool, uptime: float) -> None:
+        config = service.config
+        if self.shutting_down:
+            return
+        if uptime >= config.reset_after:
+            service.retries = 0
+        if config.restart == "never" or (config.restart == "on-failure" and expected):
+            return
+        if config.max_retries is not None and service.retries >= config.max_retries:
+            log("error", "giving up after %d restarts" % service.retries, service.name)
+            service.transition("gave_up", State.FATAL, retries=service.retries)
+            return
+        service.retries += 1
+        service.restarts += 1
+        delay = restart_delay(config, service.retries, self.rng)
+        service.transition("restart_scheduled", State.BACKOFF, delay=round(delay, 6),
+                           attempt=service.retries + 1)
+        # Even a zero delay goes through the timer, so a service that fails at once cannot
+        # keep the loop from handling signals.
+        service.timer = self.timers.call_later(delay, lambda: self._spawn(service))
+
+    # -- stopping
+
+    def _begin_stop(self, services: List[Service]) -> None:
+        for service in services:
+            if service.state is State.BACKOFF:
+                service.cancel_timer()
+                service.transition("stopped", State.STOPPED, pid=None, forced=False)
+        live = [s for s in services if s.state in (State.STARTING, State.RUNNING)]
+        if not live:
+            return
+        tagged = self.processes.tagged_processes(self.tag_prefix)
+        for service in live:
+            self._stop_one(service, tagged.get(self.tag_prefix + service.name, set()))
+
+    def _stop_one(self, service: Service, tagged: Set[int]) -> None:
+        pid, signame = service.pid, service.config.stop_signal
+        assert pid is not None
+        service.stop_exit = None
+        service.forced = False
+        service.leftovers = tagged - {pid}
+        log("info", "stopping pid %d with %s" % (pid, signame), service.name)
+        service.transition("stopping", State.STOPPING, pid=pid, signal=signame)
+        self.processes.send_group(pid, signame)
+        for other in service.leftovers:
+            if not self.processes.in_group(other, pid):
+                self.processes.send(other, signame)  # it left the group: tell it directly
+            self._watch(other)
+        service.timer = self.timers.call_later(service.config.stop_timeout,
+                                               lambda: self._force_kill([service]))
+
+    def _check_stopped(self, service: Service) -> None:
+        if service.stop_exit is None:
+            return  # the main process is still running
+        assert service.pid is not None
+        service.leftovers = {p for p in service.leftovers if self.processes.alive(p)}
+        if service.leftovers or self.processes.group_alive(service.pid):
+            if not self.processes.orphans_come_home and self._recheck is None:
+                self._recheck = self.timers.call_later(ORPHAN_RECHECK_INTERVAL,
+                                                       self._recheck_done)
+            return
+        service.cancel_timer()
+        pid, info = service.pid, service.stop_exit
+        service.pid = None
+        service.stop_exit = None
+        service.last_exit = info
+        log("info", "stopped (%s%s)" % (info.describe(), ", forced" if service.forced else ""),
+            service.name)
+        service.transition("stopped", State.STOPPED, pid=pid, forced=service.forced,
+                           returncode=info.returncode, signal=info.signal)
+
+    def _recheck_done(self) -> None:
+        self._recheck = None  # the monitoring pass that follows re-checks every stopping tree
+
+    def _force_kill(self, services: List[Service]) -> None:
+        services = [s for s in services if s.state is State.STOPPING]
+        if not services:
+            return
+        tagged = self.processes.tagged_processes(self.tag_prefix)
+        for service in services:
+            assert service.pid is not None
+            service.cancel_timer()
+            service.forced = True
+            found = tagged.get(self.tag_prefix + service.name, set()) - {service.pid}
+            log("warning", "SIGKILL to what is left of pid %d" % service.pid, service.name)
+            self.processes.send_group(service.pid, "SIGKILL")
+            if service.stop_exit is None:
+                self.processes.send(service.pid, "SIGKILL")
+            for other in found | service.leftovers:
+                self.processes.send(other, "SIGKILL")
+                if other not in self._watches:
+                    self._watch(other)
+            service.leftovers |= found
+
+    def _shutdown_expired(self) -> None:
+        stopping = [s for s in self.services.values() if s.state is State.STOPPING]
+        log("error", "shutdown_timeout reached; killing %d services" % len(stopping))
+        self._force_kill(stopping)
+        self._shutdown_timer = self.timers.call_later(FINAL_REAP_GRACE, self._abandon)
+
+    def _abandon(self) -> None:
+        left = [s.name for s in self.services.values() if s.state is State.STOPPING]
+        log("error", "giving up waiting for %s" % ", ".join(left))
+        self.exit_code = EXIT_FAILURE
+        self.finished = True
+
+    def kill_everything(self) -> None:
+        """Last resort when the loop itself keeps failing: SIGKILL every tree and reap it."""
+        tagged = self.processes.tagged_processes(self.tag_prefix)
+        for service in self.services.values():
+            if service.pid is not None:
+                self.processes.send_group(service.pid, "SIGKILL")
+                self.processes.send(service.pid, "SIGKILL")
+            for pid in tagged.get(self.tag_prefix + service.name, ()):
+                self.processes.send(pid, "SIGKILL")
+        for pid in list(self._by_pid):
+            self.processes.wait(pid)  # SIGKILL cannot be ignored: this returns promptly
+            self._by_pid.pop(pid).pid = None
+
+    # -- handing over to a re-executed image
+
+    def handoff_state(self, respawn_history: List[float], parent_pid: Optional[int],
+                      config_text: str) -> Dict[str, Any]:
+        services = {}
+        for name, service in self.services.items():
+            due = service.timer.due if service.timer is not None and not service.timer.cancelled \
+                else None
+            services[name] = {
+                "state": service.state.value, "pid": service.pid, "retries": service.retries,
+                "restarts": service.restarts, "started_at": service.started_at,
+                "restart_due": due if service.state is State.BACKOFF else None,
+                "last_exit": dataclasses.asdict(service.last_exit) if service.last_exit else None,
+            }
+        return {"version": 1, "respawn_history": respawn_history, "parent_pid": parent_pid,
+                "config_text": config_text, "services": services}
+
+    def _adopt(self, handoff: Dict[str, Any]) -> None:
+        for name, saved in handoff["services"].items():
+            service = self.services.get(name)
+            if service is None:
+                continue
+            service.retries = saved["retries"]
+            service.restarts = saved["restarts"]
+            service.started_at = saved["started_at"]
+            if saved["last_exit"]:
+                service.last_exit = ExitInfo(**saved["last_exit"])
+            pid = saved["pid"]
+            if pid is not None and self.processes.is_child(pid):
+                self._track(service, pid)
+                log("info", "adopted pid %d" % pid, service.name)
+                service.transition("adopted", State.RUNNING, pid=pid)
+            elif pid is not None:
+                log("warning", "cannot adopt pid %d across the re-exec; starting it again" % pid,
+                    service.name)
+                self._spawn(service)
+            elif saved["state"] == "backoff":
+                service.state = State.BACKOFF
+                due = saved["restart_due"] if saved["restart_due"] is not None else self.clock()
+                service.timer = self.timers.call_at(due, lambda s=service: self._spawn(s))
+            elif saved["state"] in ("exited", "fatal"):
+                service.state = State(saved["state"])
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
+def _nothing() -> None:
+    """Selector callback for wake-ups whose work is done by the next monitoring pass."""
+
+
+# --------------------------------------------------------------------------- self-respawn
+
+# Blocked across an exec so that none is lost or kills the image in between; the mask
+# survives execv, and the new image unblocks them once its handlers are in place.
+EXEC_BLOCKED_SIGNALS = {getattr(signal, name) for name in HANDLED_SIGNALS
+                        if hasattr(signal, name) and name != "SIGBREAK"}
+
+
+def block_signals() -> None:
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, EXEC_BLOCKED_SIGNALS)
+
+
+def unblock_signals() -> None:
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, EXEC_BLOCKED_SIGNALS)
+
+
+def respawn_self() -> None:
+    """Re-execute this supervisor in place: same interpreter, same arguments, same PID."""
+    block_signals()
+    try:
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+    except OSError:
+        unblock_signals()
+        raise
+
+
+def write_handoff(state: Dict[str, Any]) -> str:
+    """Write the state a re-executed image needs; its path travels in the environment."""
+    fd, path = tempfile.mkstemp(prefix="supervisor-handoff-", suffix=".json")
+    with os.fdopen(fd, "w") as handoff_file:
+        json.dump(state, handoff_file)
+    os.environ[HANDOFF_ENV] = path
+    return path
+
+
+def take_handoff() -> Optional[Dict[str, Any]]:
+    """The state left by the image we were re-executed from, if any (read once, then deleted)."""
+    path = os.environ.pop(HANDOFF_ENV, None)
+    if not path:
+        return None
+    try:
+        with open(path) as handoff_file:
+            state: Dict[str, Any] = json.load(handoff_file)
+    except (OSError, ValueError) as exc:
+        log("error", "cannot read the handoff file %s: %s" % (path, exc))
+        return None
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    return state
+
+
+# --------------------------------------------------------------------------- running
+
+class Runner:
+    """Runs one supervisor image: load, start or adopt, loop, and respawn itself on errors."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.handoff = take_handoff()
+        self.config_path = os.path.abspath(args.config)
+
+    def run(self) -> int:
+        handoff = self.handoff
+        try:
+            config_text = handoff["config_text"] if handoff else read_config_text(self.args.config)
+            config = parse_config(config_text, self.args.config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_USAGE
+        settings = config.supervisor
+        configure_logging(self.args.log_level or settings.log_level,
+                          self.args.log_format or settings.log_format, settings.log_file)
+        events = EventStream(self.args.events or settings.events_file)
+        manager = ServiceManager(config, events)
+        manager.allow_fault_injection = self.args.allow_fault_injection
+        history: List[float] = handoff["respawn_history"] if handoff else []
+        respawn_count: int = handoff["respawn_count"] if handoff else 0
+        parent_pid = handoff["parent_pid"] if handoff else (
+            os.getppid() if self.args.exit_with_parent else None)
+        manager.start(handoff, respawn_count=respawn_count, config_path=self.config_path)
+        for name in (handoff or {}).get("pending_signals", ()):
+            manager._record_signal(getattr(signal, name), None)
+        unblock_signals()
+        if parent_pid is not None:
+            manager.watch_parent(parent_pid)
+        while True:
+            try:
+                manager.run_monitoring()
+                break
+            except ReexecRequested:
+                log("info", "re-executing on request")
+                self._reexec(manager, history, respawn_count + 1, parent_pid, config_text)
+            except Exception as exc:  # noqa: BLE001 - any bug in the loop is what this is for
+                log("error", "unexpected error in the main loop:\n" + traceback.format_exc())
+                now = time.monotonic()
+                limits = settings.self_respawn
+                history = [t for t in history if now - t < limits.window] + [now]
+                if manager.shutting_down or not limits.enabled or len(history) > limits.max:
+                    log("error", "not respawning (%d failures within %ss); stopping everything"
+                        % (len(history), limits.window))
+                    self._stop_after_failure(manager)
+                    break
+                events.emit("self_respawn", None, reason="%s: %s" % (type(exc).__name__, exc),
+                            count=respawn_count + 1)
+                self._reexec(manager, history, respawn_count + 1, parent_pid, config_text)
+        events.emit("supervisor_exiting", None, code=manager.exit_code)
+        manager.close()
+        return manager.exit_code
+
+    def _reexec(self, manager: ServiceManager, history: List[float], respawn_count: int,
+                parent_pid: Optional[int], config_text: str) -> None:
+        block_signals()
+        state = manager.handoff_state(history, parent_pid, config_text)
+        state["respawn_count"] = respawn_count
+        state["pending_signals"] = [signal.Signals(n).name for n in manager._pending_signals]
+        path = write_handoff(state)
+        manager.close()
+        try:
+            respawn_self()
+        except OSError as exc:
+            os.environ.pop(HANDOFF_ENV, None)
+            os.unlink(path)
+            log("error", "cannot re-execute %s: %s" % (sys.executable, exc))
+            manager.kill_everything()
+            sys.exit(EXIT_FAILURE)
+
+    @staticmethod
+    def _stop_after_failure(manager: ServiceManager) -> None:
+        try:
+            manager.shutdown(EXIT_FAILURE)
+            manager.exit_code = EXIT_FAILURE
+            manager.run_monitoring()
+        except Exception:  # noqa: BLE001 - the loop is broken: fall back to brute force
+            log("error", "cannot stop services gracefully:\n" + traceback.format_exc())
+            manager.kill_everything()
+        manager.exit_code = EXIT_FAILURE
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _add_common_options(parser: argparse.ArgumentParser, top_level: bool) -> None:
+    """Options accepted before and after the subcommand (argparse keeps the last one seen)."""
+    default = (lambda value: value) if top_level else (lambda value: argparse.SUPPRESS)
+    parser.add_argument("-c", "--config", default=default("services.yaml"), metavar="FILE",
+                        help="config file (default: ./services.yaml)")
+    parser.add_argument("--events", default=default(None), metavar="FILE",
+                        help="append the JSON-lines event stream to FILE ('-' = stdout)")
+    parser.add_argument("--log-level", default=default(None), choices=sorted(LOG_LEVELS),
+                        help="overrides supervisor.log_level")
+    parser.add_argument("--log-format", default=default(None), choices=["text", "json"],
+                        help="overrides supervisor.log_format")
+    parser.add_argument("--exit-with-parent", action="store_true", default=default(False),
+                        help="shut down when the process that started the supervisor dies")
+    parser.add_argument("--allow-fault-injection", action="store_true", default=default(False),
+                        help="SIGUSR1 raises inside the main loop (to test self-respawn)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="supervisor", description="A compact process supervisor.")
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    _add_common_options(parser, top_level=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    for name, summary in (("run", "load the config and supervise its services"),
+                          ("check", "validate the config and exit (0 = valid, 2 = errors)")):
+        _add_common_options(commands.add_parser(name, help=summary, description=summary),
+                            top_level=False)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check":
+        try:
+            config = parse_config(read_config_text(args.config), args.config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_USAGE
+        print("%s: OK (%d services)" % (args.config, len(config.services)))
+        return EXIT_OK
+    return Runner(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Unit tests of the original plan (§4.1): ServiceManager with Popen, killpg and waitpid mocked,
+respawn_self() with execv mocked, and log() formatting."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from unittest import mock
+
+import pytest
+
+import supervisor
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process backend")
+
+
+def make_manager(services):
+    config = supervisor.parse_config(json.dumps({"services": services}), "unit.yaml")
+    events = supervisor.EventStream(None)
+    seen = []
+    events.listeners.append(seen.append)
+    processes = supervisor.PosixProcesses()
+    processes.use_pidfd = False  # no real pids to open a pidfd on
+    return supervisor.ServiceManager(config, events, processes), seen
+
+
+def fake_popen(pid):
+    proc = mock.Mock(spec=subprocess.Popen)
+    proc.pid = pid
+    proc.returncode = None
+    return proc
+
+
+def test_start_service_runs_the_command_in_a_new_session():
+    manager, seen = make_manager({"web": {"command": ["server", "--port", "80"],
+                                          "env": {"MODE": "test"}, "cwd": "/tmp"}})
+    with mock.patch("supervisor.subprocess.Popen", return_value=fake_popen(4242)) as popen:
+        manager.start_service("web")
+    args, kwargs = popen.call_args
+    assert args == (["server", "--port", "80"],)
+    assert kwargs["start_new_session"] is True
+    assert kwargs["shell"] is False and kwargs["cwd"] == "/tmp"
+    assert kwargs["env"]["MODE"] == "test"
+    assert kwargs["env"][supervisor.SERVICE_TAG_ENV] == "%d/web" % os.getpid()
+    assert seen[-1] == dict(seen[-1], event="spawned", service="web", pid=4242, attempt=1)
+
+
+def test_shell_command_is_passed_as_one_string():
+    manager, _ = make_manager({"sh": {"command": "echo $HOME && sleep 1", "shell": True}})
+    with mock.patch("supervisor.subprocess.Popen", return_value=fake_popen(7)) as popen:
+        manager.start_service("sh")
+    assert popen.call_args[0] == ("echo $HOME && sleep 1",)
+    assert popen.call_args[1]["shell"] is True
+
+
+def test_start_service_that_cannot_start_emits_spawn_failed_and_survives():
+    manager, seen = make_manager({"bad": {"command": "nothing-here", "max_retries": 0}})
+    error = FileNotFoundError(2, "No such file or directory", "nothing-here")
+    with mock.patch("supervisor.subprocess.Popen", side_effect=error):
+        manager.start_service("bad")
+    assert [e["event"] for e in seen] == ["spawn_failed", "gave_up"]
+    assert seen[0]["error"] == ("FileNotFoundError: [Errno 2] No such file or directory: "
+                                "'nothing-here'")
+
+
+def test_fork_failure_eagain_is_a_failed_start():
+    manager, seen = make_manager({"busy": {"command": "x", "max_retries": 0}})
+    with mock.patch("supervisor.subprocess.Popen",
+                    side_effect=BlockingIOError(11, "Resource temporarily unavailable")):
+        manager.start_service("busy")
+    assert seen[0]["event"] == "spawn_failed"
+    assert "Resource temporarily unavailable" in seen[0]["error"]
+
+
+def test_stop_service_signals_the_process_group():
+    manager, seen = make_manager({"web": {"command": "x", "stop_signal": "SIGINT"}})
+    with mock.patch("supervisor.subprocess.Popen", return_value=fake_popen(4242)):
+        manager.start_service("web")
+    with mock.patch("supervisor.os.killpg") as killpg, \
+            mock.patch.object(manager.processes, "tagged_processes", return_value={}):
+        manager.stop_service("web")
+    killpg.assert_called_once_with(4242, signal.SIGINT)
+    assert seen[-1]["event"] == "stopping" and seen[-1]["signal"] == "SIGINT"
+
+
+def test_monitor_services_reaps_an_exit_and_applies_the_policy():
+    manager, seen = make_manager({"web": {"command": "x", "restart_delay": 5}})
+    with mock.patch("supervisor.subprocess.Popen", return_value=fake_popen(4242)):
+        manager.start_service("web")
+    statuses = iter([(4242, 3 << 8), (0, 0)])  # exit code 3, then nothing more to reap
+    with mock.patch("supervisor.os.waitpid", side_effect=lambda pid, flags: next(statuses)):
+        manager.monitor_services()
+    assert [e["event"] for e in seen[-2:]] == ["exited", "restart_scheduled"]
+    assert seen[-2]["returncode"] == 3 and seen[-2]["signal"] is None
+    assert seen[-1]["delay"] == 5.0
+
+
+def test_monitor_services_reports_the_killing_signal():
+    manager, seen = make_manager({"web": {"command": "x", "restart": "never"}})
+    with mock.patch("supervisor.subprocess.Popen", return_value=fake_popen(4242)):
+        manager.start_service("web")
+    statuses = iter([(4242, signal.SIGKILL), (0, 0)])
+    with mock.patch("supervisor.os.waitpid", side_effect=lambda pid, flags: next(statuses)):
+        manager.monitor_services()
+    assert seen[-1]["event"] == "exited"
+    assert seen[-1]["signal"] == "SIGKILL" and seen[-1]["returncode"] is None
+
+
+def test_respawn_self_execs_the_same_interpreter_and_arguments():
+    with mock.patch("supervisor.os.execv") as execv, \
+            mock.patch("supervisor.signal.pthread_sigmask") as sigmask, \
+            mock.patch.object(sys, "argv", ["supervisor.py", "run", "-c", "x.yaml"]):
+        supervisor.respawn_self()
+    execv.assert_called_once_with(sys.executable,
+                                  [sys.executable, "supervisor.py", "run", "-c", "x.yaml"])
+    sigmask.assert_called_once_with(signal.SIG_BLOCK, supervisor.EXEC_BLOCKED_SIGNALS)
+    assert signal.SIGTERM in supervisor.EXEC_BLOCKED_SIGNALS
+    assert signal.SIGCHLD in supervisor.EXEC_BLOCKED_SIGNALS
+
+
+def test_respawn_self_unblocks_signals_when_exec_fails():
+    with mock.patch("supervisor.os.execv", side_effect=OSError(8, "Exec format error")), \
+            mock.patch("supervisor.signal.pthread_sigmask") as sigmask:
+        with pytest.raises(OSError):
+            supervisor.respawn_self()
+    assert sigmask.call_args_list[-1] == mock.call(signal.SIG_UNBLOCK,
+                                                   supervisor.EXEC_BLOCKED_SIGNALS)
+
+
+def test_log_text_format():
+    line = supervisor.format_log_line(0.25, "warning", "pid 7 exited", "web", "text")
+    assert line.endswith(".250 WARNING [web] pid 7 exited")
+    assert supervisor.format_log_line(0.0, "info", "hello", None, "text").endswith(
+        ".000 INFO    hello")
+
+
+def test_log_json_format():
+    record = json.loads(supervisor.format_log_line(12.5, "error", "boom", "db", "json"))
+    assert record == {"ts": 12.5, "level": "error", "service": "db", "message": "boom"}
+
+
+def test_log_respects_the_level(capsys):
+    supervisor.configure_logging("warning", "text")
+    try:
+        supervisor.log("info", "quiet")
+        supervisor.log("error", "loud", "svc")
+    finally:
+        supervisor.configure_logging("info", "text")
+    err = capsys.readouterr().err
+    assert "quiet" not in err and "ERROR   [svc] loud" in err
+
+
+def test_event_stream_appends_one_json_object_per_line(tmp_path):
+    path = tmp_path / "events.jsonl"
+    first = supervisor.EventStream(str(path), clock=lambda: 5.0)
+    first.emit("spawned", "web", pid=1, attempt=1)
+    supervisor.EventStream(str(path)).emit("supervisor_exiting", None, code=0)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["event"] for line in lines] == ["spawned", "supervisor_exiting"]
+    assert lines[0]["mono"] == 5.0 and lines[0]["service"] == "web" and lines[0]["pid"] == 1
+    assert set(lines[1]) == {"ts", "mono", "event", "service", "code"}
