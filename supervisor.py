@@ -1425,6 +1425,7 @@ class ServiceManager:
 
     def run_monitoring(self) -> None:
         """The main loop: sleep until something happens, then ``monitor_services()``."""
+        self.monitor_services()  # what happened before the loop: signals, exits during an exec
         while not self.finished:
             for key, _ in self._selector.select(self.timers.next_timeout()):
                 key.data()
@@ -1715,10 +1716,13 @@ class ServiceManager:
                 "restart_due": due if service.state is State.BACKOFF else None,
                 "last_exit": dataclasses.asdict(service.last_exit) if service.last_exit else None,
             }
+        pending = [signal.Signals(signum).name for signum in self._pending_signals]
         return {"version": 1, "respawn_history": respawn_history, "parent_pid": parent_pid,
-                "config_text": config_text, "services": services}
+                "config_text": config_text, "services": services, "pending_signals": pending}
 
     def _adopt(self, handoff: Dict[str, Any]) -> None:
+        # signals received but not yet acted on when the old image gave up
+        self._pending_signals.extend(getattr(signal, name) for name in handoff["pending_signals"])
         for name, saved in handoff["services"].items():
             service = self.services.get(name)
             if service is None:
@@ -1842,8 +1846,6 @@ class Runner:
         parent_pid = handoff["parent_pid"] if handoff else (
             os.getppid() if self.args.exit_with_parent else None)
         manager.start(handoff, respawn_count=respawn_count, config_path=self.config_path)
-        for name in (handoff or {}).get("pending_signals", ()):
-            manager._record_signal(getattr(signal, name), None)
         unblock_signals()
         if parent_pid is not None:
             manager.watch_parent(parent_pid)
@@ -1876,7 +1878,6 @@ class Runner:
         block_signals()
         state = manager.handoff_state(history, parent_pid, config_text)
         state["respawn_count"] = respawn_count
-        state["pending_signals"] = [signal.Signals(n).name for n in manager._pending_signals]
         path = write_handoff(state)
         manager.close()
         try:

@@ -1,0 +1,130 @@
+"""The command line, run for real: exit codes, error messages, option placement."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SUPERVISOR = str(ROOT / "supervisor.py")
+
+
+def cli(*args, cwd=None, timeout=30):
+    return subprocess.run([sys.executable, SUPERVISOR, *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def write(tmp_path, text, name="services.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_check_accepts_a_good_config(tmp_path):
+    path = write(tmp_path, "services:\n  web:\n    command: sleep 1\n")
+    result = cli("check", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "%s: OK (1 services)" % path
+
+
+def test_check_lists_every_problem_with_line_and_key_and_exits_2(tmp_path):
+    path = write(tmp_path, (
+        "services:\n"
+        "  web:\n"
+        "    command: sleep 1\n"
+        "    restart: alway\n"
+        "    stop_signa: TERM\n"
+        "  db:\n"
+        "    command: []\n"
+        "    stop_signal: SIGTREM\n"))
+    result = cli("check", "-c", str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        "%s:4: services.web.restart: expected one of always, on-failure, never; got 'alway' "
+        "(did you mean 'always'?)" % path,
+        "%s:5: services.web.stop_signa: unknown key (did you mean 'stop_signal'?)" % path,
+        "%s:7: services.db.command: expected a non-empty command, got []" % path,
+        "%s:8: services.db.stop_signal: expected a signal name such as SIGTERM, got 'SIGTREM' "
+        "(did you mean 'SIGTERM'?)" % path,
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = write(tmp_path, "services:\n  web:\n    command: [sleep, 1\n")
+    result = cli("check", "-c", str(path))
+    assert result.returncode == 2
+    assert result.stderr.startswith("%s:4: " % path)
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file_is_a_usage_error(tmp_path):
+    result = cli("check", "-c", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("%s: cannot read the config file: No such file or directory"
+                                     % (tmp_path / "nope.yaml"))
+
+
+def test_run_with_a_bad_config_exits_2_and_starts_nothing(tmp_path):
+    path = write(tmp_path, "services:\n  web:\n    command: sleep 600\n    restart: sometimes\n")
+    result = cli("run", "-c", str(path), "--events", str(tmp_path / "events"))
+    assert result.returncode == 2
+    assert "services.web.restart: expected one of always, on-failure, never" in result.stderr
+    assert not (tmp_path / "events").exists()
+
+
+def test_unknown_command_and_bad_option_are_usage_errors():
+    assert cli("frobnicate").returncode == 2
+    result = cli("run", "--log-level", "loud")
+    assert result.returncode == 2
+    assert "invalid choice: 'loud'" in result.stderr
+
+
+def test_options_are_accepted_before_or_after_the_subcommand(tmp_path):
+    path = write(tmp_path, "services:\n  web:\n    command: sleep 1\n")
+    assert cli("-c", str(path), "check").returncode == 0
+    assert cli("check", "-c", str(path)).returncode == 0
+
+
+def test_without_c_the_config_is_services_yaml_in_the_current_folder(tmp_path):
+    write(tmp_path, "services:\n  web:\n    command: sleep 1\n")
+    result = cli("check", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith("services.yaml: OK")
+
+
+def test_python_dash_m_and_the_console_script_are_the_same_program(tmp_path):
+    path = write(tmp_path, "services:\n  web:\n    command: sleep 1\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    by_module = subprocess.run([sys.executable, "-m", "supervisor", "check", "-c", str(path)],
+                               capture_output=True, text=True, env=env)
+    assert by_module.returncode == 0 and "OK (1 services)" in by_module.stdout
+    script = shutil.which("supervisor", path=os.path.dirname(sys.executable))
+    if script is None:
+        pytest.skip("the console script is not installed next to this interpreter")
+    by_script = subprocess.run([script, "check", "-c", str(path)], capture_output=True, text=True)
+    assert by_script.returncode == 0 and by_script.stdout == by_module.stdout
+
+
+def test_the_demo_config_is_valid():
+    assert cli("check", "-c", str(ROOT / "services.yaml")).returncode == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the demo commands name 'python'")
+def test_the_demo_runs_fails_respawns_and_gives_up(supervisor_factory):
+    handle = supervisor_factory.spawn(str(ROOT / "services.yaml"), cwd=ROOT,
+                                      env={"PATH": os.path.dirname(sys.executable) + os.pathsep
+                                           + os.environ.get("PATH", "")})
+    for name in ("example_service_1", "example_service_2"):
+        handle.pid_of(name)
+    gave_up = handle.wait_for("gave_up", "failing_service_demo", timeout=40)
+    assert gave_up["retries"] == 3
+    scheduled = [e for e in handle.events
+                 if e["event"] == "restart_scheduled" and e["service"] == "failing_service_demo"]
+    assert [e["delay"] for e in scheduled] == [3.0, 3.0, 3.0]
+    handle.kill("example_service_1")
+    handle.assert_respawned("example_service_1", within=5.0)
