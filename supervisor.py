@@ -26,15 +26,18 @@ How it is put together, top to bottom:
 from __future__ import annotations
 
 import argparse
+import collections
 import ctypes
 import dataclasses
 import difflib
 import enum
+import errno
 import heapq
 import itertools
 import json
 import math
 import os
+import queue
 import random
 import re
 import select
@@ -50,7 +53,7 @@ import time
 import traceback
 import types
 from dataclasses import dataclass, field
-from typing import (Any, Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Set,
+from typing import (Any, Callable, Deque, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Set,
                     Tuple)
 
 import yaml
@@ -148,8 +151,8 @@ class OutputSpec:
 
 @dataclass(frozen=True)
 class ReadySpec:
-    kind: str  # "after" | "log" | "tcp" | "file"
-    target: str
+    kind: str  # "after" (seconds still running) | "log" | "tcp" | "file"
+    target: Any  # seconds for "after", else a regex, "HOST:PORT" or a path
     timeout: float
 
 
@@ -500,7 +503,7 @@ def _check_host_port(ch: _Checker, node: yaml.Node, key: str) -> Any:
 
 
 _READY_PROBES: Dict[str, _Validator] = {
-    "after": _check_service_ref,
+    "after": _check_seconds,
     "log": _check_regex,
     "tcp": _check_host_port,
     "file": _check_text,
@@ -822,6 +825,10 @@ class Service:
         self.stop_exit: Optional[ExitInfo] = None
         self.leftovers: Set[int] = set()
         self.forced = False
+        # while starting: the readiness probe, and why the start failed if it did
+        self.probe: Optional[ReadinessProbe] = None
+        self.start_error: Optional[str] = None
+        self.recent_output: Deque[bytes] = collections.deque(maxlen=RECENT_OUTPUT_LINES)
 
     def transition(self, event: str, new_state: State, **fields: Any) -> Dict[str, Any]:
         sources, targets = TRANSITIONS[event]
@@ -898,6 +905,19 @@ class Timers:
 
 # --------------------------------------------------------------------------- process seam
 
+@dataclass
+class Launch:
+    """Everything the process seam needs to start one service process."""
+    command: Any            # list of arguments, or one string run by the shell
+    shell: bool
+    cwd: Optional[str]
+    env: Dict[str, str]
+    stdout: Any             # None (inherit), subprocess.DEVNULL or a file descriptor
+    stderr: Any
+    user: Optional[str]
+    umask: Optional[int]
+
+
 class PosixProcesses:
     """Process control on POSIX systems: the one place that knows about sessions and signals.
 
@@ -919,24 +939,19 @@ class PosixProcesses:
         """Become the parent of whatever our services orphan (Linux: a child subreaper)."""
         self.is_subreaper = _become_subreaper()
 
+    selectable_pipes = True
+
     def wakeup_source(self) -> Optional[socket.socket]:
         return None  # exits wake the loop through pidfds and SIGCHLD
 
     # -- starting
 
-    def spawn(self, config: ServiceConfig, env: Dict[str, str]) -> int:
-        """Start ``config`` in a new session; raise OSError when it cannot be started."""
-        command: Any = config.command[0] if config.shell else list(config.command)
-        stdout, stderr = _open_output(config.stdout), _open_output(config.stderr)
-        try:
-            proc = subprocess.Popen(
-                command, shell=config.shell, cwd=config.cwd, env=env,
-                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                start_new_session=True, close_fds=True)
-        finally:
-            for stream in (stdout, stderr):
-                if hasattr(stream, "close"):
-                    stream.close()
+    def spawn(self, launch: Launch) -> int:
+        """Start ``launch`` in a new session; raise OSError when it cannot be started."""
+        proc = subprocess.Popen(
+            launch.command, shell=launch.shell, cwd=launch.cwd, env=launch.env,
+            stdin=subprocess.DEVNULL, stdout=launch.stdout, stderr=launch.stderr,
+            start_new_session=True, close_fds=True, **_privileges(launch.user, launch.umask))
         self._popen[proc.pid] = proc
         return proc.pid
 
@@ -1067,6 +1082,8 @@ class WindowsProcesses:
     """
 
     orphans_come_home = False
+    # selectors on Windows wait only on sockets: service output is passed straight through
+    selectable_pipes = False
 
     def __init__(self) -> None:
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -1081,18 +1098,13 @@ class WindowsProcesses:
     def claim_orphans(self) -> None:
         pass  # the job objects hold each service's tree instead
 
-    def spawn(self, config: ServiceConfig, env: Dict[str, str]) -> int:
-        command: Any = config.command[0] if config.shell else list(config.command)
-        stdout, stderr = _open_output(config.stdout), _open_output(config.stderr)
-        try:
-            proc = subprocess.Popen(
-                command, shell=config.shell, cwd=config.cwd, env=env,
-                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)  # type: ignore[attr-defined]
-        finally:
-            for stream in (stdout, stderr):
-                if hasattr(stream, "close"):
-                    stream.close()
+    def spawn(self, launch: Launch) -> int:
+        if launch.user is not None:
+            raise PermissionError(errno.EPERM, "user: is not supported on Windows")
+        proc = subprocess.Popen(
+            launch.command, shell=launch.shell, cwd=launch.cwd, env=launch.env,
+            stdin=subprocess.DEVNULL, stdout=launch.stdout, stderr=launch.stderr,
+            creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)  # type: ignore[attr-defined]
         self._popen[proc.pid] = proc
         self._jobs[proc.pid] = _windows_job(proc)
         threading.Thread(target=self._wait_for_exit, args=(proc,), daemon=True).start()
@@ -1263,12 +1275,31 @@ def _exit_info(status: int) -> ExitInfo:
     return ExitInfo(os.WEXITSTATUS(status), None)
 
 
-def _open_output(spec: OutputSpec) -> Any:
-    if spec.mode == "null":
-        return subprocess.DEVNULL
-    if spec.mode == "file":
-        return open(spec.file, "ab")  # type: ignore[arg-type]
-    return None
+def _privileges(user: Optional[str], umask: Optional[int]) -> Dict[str, Any]:
+    """Popen arguments that drop to ``user`` and set ``umask`` in the child."""
+    if user is not None:
+        import pwd
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            raise LookupError("user: no such user %r" % user) from None
+        if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
+            raise PermissionError(errno.EPERM, "user: switching to %r needs root" % user)
+    if sys.version_info >= (3, 9):
+        switch: Dict[str, Any] = {"umask": -1 if umask is None else umask}
+        if user is not None:  # the user's own groups too, or the child keeps root's
+            switch.update(user=entry.pw_uid, group=entry.pw_gid,
+                          extra_groups=os.getgrouplist(user, entry.pw_gid))
+        return switch
+
+    def drop() -> None:  # Python 3.8 has no user= or umask= (this costs vfork)
+        if umask is not None:
+            os.umask(umask)
+        if user is not None:
+            os.initgroups(user, entry.pw_gid)
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+    return {"preexec_fn": drop} if user is not None or umask is not None else {}
 
 
 def _pidfd_works() -> bool:
@@ -1343,6 +1374,244 @@ def _scan_psutil_tags(prefix: str) -> Dict[str, Set[int]]:
     return found
 
 
+# --------------------------------------------------------------------------- output and readiness
+
+OUTPUT_CHUNK = 65536          # read at most this much per wake-up, so every pipe gets its turn
+MAX_PARTIAL_LINE = 1 << 20    # a "line" without a newline is passed on in pieces past this
+FORWARD_QUEUE_CHUNKS = 256    # output waiting for our stdout/stderr; beyond it, output is dropped
+RECENT_OUTPUT_LINES = 20      # kept per service for error messages
+# tcp and file probes: neither "a port started listening" nor "a file appeared" wakes
+# anyone portably, so these two re-check at this interval, only while a service starts.
+PROBE_INTERVAL = 0.05
+VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_variables(text: str, env: Mapping[str, str]) -> str:
+    """``${VAR}`` and ``${VAR:-default}`` from ``env`` (unset is empty, as in a shell); ``$$`` is $."""
+    def replace(match: Any) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        value = env.get(match.group(1), "")
+        return value if value or match.group(2) is None else match.group(2)
+    return VARIABLE.sub(replace, text)
+
+
+class Forwarder:
+    """Writes services' prefixed output to our stdout and stderr from a thread of its own, so a
+    slow terminal or a full pipe downstream never blocks the loop; past its queue it drops."""
+
+    def __init__(self) -> None:
+        self._queue: "queue.Queue[Tuple[Any, bytes]]" = queue.Queue(FORWARD_QUEUE_CHUNKS)
+        self._thread: Optional[threading.Thread] = None
+        self.dropped = 0
+
+    def put(self, stream: Any, data: bytes) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="output", daemon=True)
+            self._thread.start()
+        try:
+            self._queue.put_nowait((stream, data))
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        while True:
+            stream, data = self._queue.get()
+            if stream is None:
+                return
+            try:
+                stream.write(data)
+                if self._queue.empty():
+                    stream.flush()
+            except (OSError, ValueError):
+                pass  # our own stdout is gone: nothing better to do with the output
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Write out what is queued (for at most ``timeout``), then stop the thread."""
+        if self._thread is not None:
+            try:
+                self._queue.put((None, b""), timeout=timeout)
+            except queue.Full:
+                return
+            self._thread.join(timeout)
+            self._thread = None
+
+
+class RotatingFile:
+    """A service's output file, rotated by size into PATH.1 ... PATH.K, newest first.
+
+    A write that fails (full disk, no permission) is logged once and the output dropped:
+    the service keeps running.
+    """
+
+    def __init__(self, spec: OutputSpec, service: str):
+        self.path = str(spec.file)
+        self.max_bytes = spec.max_bytes
+        self.backups = spec.backups
+        self.service = service
+        self._fd: Optional[int] = None
+        self._size = 0
+        self._failing = False
+
+    def write(self, data: bytes) -> None:
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                self._size = os.fstat(self._fd).st_size
+            while data:
+                piece = data
+                if self.max_bytes and len(data) > self.max_bytes - self._size:
+                    room = self.max_bytes - self._size
+                    cut = data.rfind(b"\n", 0, max(room, 0)) + 1  # the whole lines that fit
+                    if not cut and self._size:
+                        self._rotate()
+                        continue
+                    piece = data[:cut or room]  # a line longer than a whole file is cut
+                os.write(self._fd, piece)
+                self._size += len(piece)
+                data = data[len(piece):]
+            self._failing = False
+        except OSError as exc:
+            if not self._failing:
+                log("warning", "cannot write %s: %s; dropping output" % (self.path, exc.strerror),
+                    self.service)
+            self._failing = True
+
+    def _rotate(self) -> None:
+        self.close()
+        for number in range(self.backups - 1, 0, -1):
+            older = "%s.%d" % (self.path, number)
+            if os.path.exists(older):
+                os.replace(older, "%s.%d" % (self.path, number + 1))
+        if self.backups:
+            os.replace(self.path, self.path + ".1")
+        else:
+            os.unlink(self.path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._size = 0
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class OutputPipe:
+    """The read end of one service stream: read without blocking, split into lines, and
+    handed to the service's line watcher and to where the output goes."""
+
+    def __init__(self, fd: int, service: "Service", stream: str,
+                 deliver: Callable[[List[bytes]], None]):
+        self.fd = fd
+        self.service = service
+        self.stream = stream  # "stdout" | "stderr"
+        self.deliver = deliver
+        self._partial = b""
+        os.set_blocking(fd, False)
+
+    def read(self) -> bool:
+        """Read what is there; False once every writer has closed its end."""
+        try:
+            data = os.read(self.fd, OUTPUT_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            data = b""
+        if not data:
+            if self._partial:
+                self._lines([self._partial])
+                self._partial = b""
+            return False
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > MAX_PARTIAL_LINE:
+            lines.append(self._partial)
+            self._partial = b""
+        if lines:
+            self._lines(lines)
+        return True
+
+    def _lines(self, lines: List[bytes]) -> None:
+        self.service.recent_output.extend(lines)
+        if self.service.probe is not None:
+            for line in lines:
+                self.service.probe.line(line.decode(errors="replace"))
+        self.deliver(lines)
+
+
+class ReadinessProbe:
+    """Decides when a starting service is ready: still running after some seconds, a line
+    of its output matching a regex, a TCP port accepting, or a file existing."""
+
+    def __init__(self, spec: ReadySpec, timers: Timers, selector: selectors.BaseSelector,
+                 on_ready: Callable[[], None]):
+        self.spec = spec
+        self.timers = timers
+        self.selector = selector
+        self.on_ready = on_ready
+        self._timer: Optional[Timer] = None
+        self._socket: Optional[socket.socket] = None
+        self._pattern = re.compile(spec.target) if spec.kind == "log" else None
+
+    def describe(self) -> str:
+        if self.spec.kind == "after":
+            return "ready.after (%gs of running)" % self.spec.target
+        return "ready.%s probe %r" % (self.spec.kind, self.spec.target)
+
+    def start(self) -> None:
+        if self.spec.kind == "after":
+            self._timer = self.timers.call_later(float(self.spec.target), self._succeed)
+        elif self.spec.kind in ("tcp", "file"):
+            self._check()
+
+    def line(self, text: str) -> None:
+        if self._pattern is not None and self._pattern.search(text):
+            self._succeed()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._socket is not None:
+            self.selector.unregister(self._socket)
+            self._socket.close()
+            self._socket = None
+
+    def _succeed(self) -> None:
+        self.cancel()
+        self.on_ready()
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.spec.kind == "file":
+            if os.path.exists(self.spec.target):
+                self._succeed()
+            else:
+                self._timer = self.timers.call_later(PROBE_INTERVAL, self._check)
+            return
+        host, _, port = self.spec.target.rpartition(":")
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                host.strip("[]"), int(port), type=socket.SOCK_STREAM)[0]
+            sock = socket.socket(family, kind, proto)
+        except OSError:
+            self._timer = self.timers.call_later(PROBE_INTERVAL, self._check)
+            return
+        sock.setblocking(False)
+        sock.connect_ex(address)
+        self._socket = sock
+        self.selector.register(sock, selectors.EVENT_WRITE, self._connected)
+
+    def _connected(self) -> None:
+        assert self._socket is not None
+        refused = self._socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self.cancel()
+        if refused:
+            self._timer = self.timers.call_later(PROBE_INTERVAL, self._check)
+        else:
+            self._succeed()
+
+
 def default_processes() -> Any:
     return WindowsProcesses() if IS_WINDOWS else PosixProcesses()
 
@@ -1395,6 +1664,14 @@ class ServiceManager:
         self._wakeup: Optional[Tuple[socket.socket, socket.socket]] = None
         self._shutdown_timer: Optional[Timer] = None
         self._recheck: Optional[Timer] = None
+        self._pipes: Dict[int, OutputPipe] = {}
+        self._files: Dict[str, RotatingFile] = {}
+        self._forwarder = Forwarder()
+        self._awaiting: List[Service] = []  # to be started once their dependencies are ready
+        self._dependents: Dict[str, List[Service]] = {name: [] for name in self.services}
+        for service in self.services.values():
+            for dependency in service.config.depends_on:
+                self._dependents[dependency].append(service)
 
     # -- public API
 
@@ -1404,7 +1681,7 @@ class ServiceManager:
         if service.state in (State.STOPPED, State.EXITED, State.FATAL, State.BACKOFF):
             service.cancel_timer()
             service.retries = 0  # asked for by a person: a fresh series of attempts
-            self._spawn(service)
+            self._request_start(service)
 
     def stop_service(self, name: str) -> None:
         """Stop ``name``: stop signal to its group, SIGKILL to its whole tree after the timeout."""
@@ -1419,9 +1696,10 @@ class ServiceManager:
         for service in self.services.values():
             if service.state is State.STOPPING:
                 self._check_stopped(service)
-        if self.shutting_down and not any(s.state is State.STOPPING
-                                          for s in self.services.values()):
-            self.finished = True
+        if self.shutting_down:
+            self._stop_waves()
+            if not any(s.state is State.STOPPING for s in self.services.values()):
+                self.finished = True
 
     def run_monitoring(self) -> None:
         """The main loop: sleep until something happens, then ``monitor_services()``."""
@@ -1438,7 +1716,8 @@ class ServiceManager:
         self.shutting_down = True
         self.exit_code = code
         log("info", "shutting down")
-        self._begin_stop(list(self.services.values()))
+        self._awaiting.clear()
+        self._stop_waves()
         timeout = self.config.supervisor.shutdown_timeout
         self._shutdown_timer = self.timers.call_later(timeout, self._shutdown_expired)
 
@@ -1456,7 +1735,7 @@ class ServiceManager:
         else:
             for service in self.services.values():
                 if service.config.autostart:
-                    self._spawn(service)
+                    self._request_start(service)
 
     def watch_parent(self, parent_pid: int) -> None:
         """Shut down when the process that started us goes away (--exit-with-parent)."""
@@ -1503,6 +1782,7 @@ class ServiceManager:
             self._wakeup = None
         for pid in list(self._watches):
             self._unwatch(pid)
+        self._forwarder.close()
 
     # -- signals
 
@@ -1514,6 +1794,7 @@ class ServiceManager:
                 self.shutdown()
             elif name == "SIGINT":
                 log("warning", "second SIGINT: killing every service now")
+                self._begin_stop(list(self.services.values()))
                 self._force_kill([s for s in self.services.values() if s.state is State.STOPPING])
             elif name == "SIGUSR1":
                 if self.allow_fault_injection:
@@ -1526,27 +1807,126 @@ class ServiceManager:
 
     # -- spawning and exits
 
+    def _request_start(self, service: Service) -> None:
+        """Start ``service`` now, or once every service it depends on is ready."""
+        waiting_for = [d for d in service.config.depends_on
+                       if self.services[d].state is not State.RUNNING]
+        if not waiting_for:
+            self._spawn(service)
+        elif service not in self._awaiting:
+            log("info", "waiting for %s to be ready" % ", ".join(waiting_for), service.name)
+            self._awaiting.append(service)
+
+    def _start_awaiting(self) -> None:
+        for service in list(self._awaiting):
+            if all(self.services[d].state is State.RUNNING for d in service.config.depends_on):
+                self._awaiting.remove(service)
+                self._spawn(service)
+
     def _spawn(self, service: Service) -> None:
         service.timer = None
         if self.shutting_down:
             return
         config = service.config
-        env = dict(os.environ)
-        env.update(config.env)
-        env[SERVICE_TAG_ENV] = self.tag_prefix + service.name
+        pipes: List[Tuple[str, int, int]] = []  # (stream, read end, write end)
         try:
-            pid = self.processes.spawn(config, env)
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            launch = self._launch(service, pipes)
+            pid = self.processes.spawn(launch)
+        except (OSError, ValueError, LookupError, subprocess.SubprocessError) as exc:
+            for _, reader, writer in pipes:
+                os.close(reader)
+                os.close(writer)
             error = "%s: %s" % (type(exc).__name__, exc)
             log("error", "cannot start %s: %s" % (" ".join(config.command), error), service.name)
             service.last_exit = None
             service.transition("spawn_failed", State.EXITED, error=error)
             self._apply_policy(service, expected=False, uptime=0.0)
             return
+        for stream, reader, writer in pipes:
+            os.close(writer)
+            self._add_pipe(OutputPipe(reader, service, stream, self._output_sink(service, stream)))
         self._track(service, pid)
         service.started_at = self.clock()
+        service.start_error = None
         log("info", "spawned pid %d (attempt %d)" % (pid, service.retries + 1), service.name)
-        service.transition("spawned", State.RUNNING, pid=pid, attempt=service.retries + 1)
+        if config.ready is None:
+            service.transition("spawned", State.RUNNING, pid=pid, attempt=service.retries + 1)
+            self._start_awaiting()
+            return
+        service.transition("spawned", State.STARTING, pid=pid, attempt=service.retries + 1)
+        service.probe = ReadinessProbe(config.ready, self.timers, self._selector,
+                                       lambda: self._ready(service))
+        service.timer = self.timers.call_later(config.ready.timeout,
+                                               lambda: self._not_ready(service))
+        service.probe.start()
+
+    def _launch(self, service: Service, pipes: List[Tuple[str, int, int]]) -> Launch:
+        """What to start for ``service``: variables expanded, output wired to pipes we read."""
+        config = service.config
+        env = dict(os.environ)
+        env.update((key, expand_variables(value, os.environ)) for key, value in config.env.items())
+        env[SERVICE_TAG_ENV] = self.tag_prefix + service.name
+        words = [expand_variables(word, env) for word in config.command]
+        streams: Dict[str, Any] = {}
+        for stream in ("stdout", "stderr"):
+            mode = getattr(config, stream).mode
+            watched = config.ready is not None and config.ready.kind == "log"
+            if mode == "null" and not watched:
+                streams[stream] = subprocess.DEVNULL
+            elif mode == "inherit" and not self.processes.selectable_pipes:
+                streams[stream] = None  # no prefixing where pipes cannot be waited on
+            else:
+                reader, writer = os.pipe()
+                pipes.append((stream, reader, writer))
+                streams[stream] = writer
+        return Launch(words[0] if config.shell else words, config.shell, config.cwd, env,
+                      streams["stdout"], streams["stderr"], config.user, config.umask)
+
+    def _output_sink(self, service: Service, stream: str) -> Callable[[List[bytes]], None]:
+        spec = getattr(service.config, stream)
+        if spec.mode == "file":
+            path = expand_variables(spec.file, os.environ)
+            target = self._files.get(path)
+            if target is None:
+                target = self._files[path] = RotatingFile(
+                    dataclasses.replace(spec, file=path), service.name)
+            return lambda lines: target.write(b"\n".join(lines) + b"\n")
+        if spec.mode == "inherit":
+            out = getattr(sys.stdout if stream == "stdout" else sys.stderr, "buffer", None)
+            prefix = service.name.encode() + b" | "
+            forwarder = self._forwarder
+            return lambda lines: forwarder.put(out, b"".join(prefix + line + b"\n"
+                                                             for line in lines))
+        return lambda lines: None
+
+    def _add_pipe(self, pipe: OutputPipe) -> None:
+        self._pipes[pipe.fd] = pipe
+        self._selector.register(pipe.fd, selectors.EVENT_READ, lambda: self._read_pipe(pipe))
+
+    def _read_pipe(self, pipe: OutputPipe) -> None:
+        if not pipe.read():
+            self._selector.unregister(pipe.fd)
+            os.close(pipe.fd)
+            del self._pipes[pipe.fd]
+
+    def _ready(self, service: Service) -> None:
+        assert service.probe is not None
+        log("info", "ready (%s)" % service.probe.describe(), service.name)
+        service.cancel_timer()
+        service.probe = None
+        service.transition("ready", State.RUNNING, pid=service.pid)
+        self._start_awaiting()
+
+    def _not_ready(self, service: Service) -> None:
+        assert service.probe is not None and service.pid is not None
+        service.timer = None
+        service.start_error = "%s did not succeed within %gs" % (
+            service.probe.describe(), service.config.ready.timeout)  # type: ignore[union-attr]
+        service.probe.cancel()
+        service.probe = None
+        log("error", "not ready: %s; killing it%s" % (service.start_error,
+                                                     _last_lines(service)), service.name)
+        self._kill_tree(service, self.processes.tagged_processes(self.tag_prefix))
 
     def _track(self, service: Service, pid: int) -> None:
         service.pid = pid
@@ -1575,12 +1955,22 @@ class ServiceManager:
             return
         uptime = self.clock() - (service.started_at or self.clock())
         expected = info.signal is None and info.returncode in service.config.success_exit_codes
+        failure: Dict[str, Any] = {}
+        if service.state is State.STARTING:
+            expected = False  # whatever its exit code, it never became ready
+            if service.probe is not None:
+                service.start_error = "exited before it was ready (%s)" % service.probe.describe()
+                service.probe.cancel()
+                service.probe = None
+            service.cancel_timer()
+            failure["error"] = service.start_error
         service.pid = None
         service.last_exit = info
         level = "info" if expected else "warning"
         log(level, "pid %d exited (%s) after %.3fs" % (pid, info.describe(), uptime), service.name)
         service.transition("exited", State.EXITED, pid=pid, returncode=info.returncode,
-                           signal=info.signal, uptime=round(uptime, 6), expected=expected)
+                           signal=info.signal, uptime=round(uptime, 6), expected=expected,
+                           **failure)
         self._apply_policy(service, expected, uptime)
 
     def _apply_policy(self, service: Service, expected: bool, uptime: float) -> None:
@@ -1621,6 +2011,10 @@ class ServiceManager:
     def _stop_one(self, service: Service, tagged: Set[int]) -> None:
         pid, signame = service.pid, service.config.stop_signal
         assert pid is not None
+        service.cancel_timer()
+        if service.probe is not None:
+            service.probe.cancel()
+            service.probe = None
         service.stop_exit = None
         service.forced = False
         service.leftovers = tagged - {pid}
@@ -1633,6 +2027,17 @@ class ServiceManager:
             self._watch(other)
         service.timer = self.timers.call_later(service.config.stop_timeout,
                                                lambda: self._force_kill([service]))
+
+    def _stop_waves(self) -> None:
+        """Stop every service that no live service depends on (dependents stop first)."""
+        live = (State.STARTING, State.RUNNING, State.BACKOFF, State.STOPPING)
+        while True:
+            wave = [s for s in self.services.values()
+                    if s.state in (State.STARTING, State.RUNNING, State.BACKOFF)
+                    and not any(d.state in live for d in self._dependents[s.name])]
+            if not wave:
+                return
+            self._begin_stop(wave)
 
     def _check_stopped(self, service: Service) -> None:
         if service.stop_exit is None:
@@ -1666,16 +2071,21 @@ class ServiceManager:
             assert service.pid is not None
             service.cancel_timer()
             service.forced = True
-            found = tagged.get(self.tag_prefix + service.name, set()) - {service.pid}
             log("warning", "SIGKILL to what is left of pid %d" % service.pid, service.name)
-            self.processes.send_group(service.pid, "SIGKILL")
-            if service.stop_exit is None:
-                self.processes.send(service.pid, "SIGKILL")
-            for other in found | service.leftovers:
-                self.processes.send(other, "SIGKILL")
-                if other not in self._watches:
-                    self._watch(other)
-            service.leftovers |= found
+            self._kill_tree(service, tagged)
+
+    def _kill_tree(self, service: Service, tagged: Dict[str, Set[int]]) -> None:
+        """SIGKILL the service's group and every process carrying its tag."""
+        assert service.pid is not None
+        found = tagged.get(self.tag_prefix + service.name, set()) - {service.pid}
+        self.processes.send_group(service.pid, "SIGKILL")
+        if service.stop_exit is None:
+            self.processes.send(service.pid, "SIGKILL")
+        for other in found | service.leftovers:
+            self.processes.send(other, "SIGKILL")
+            if other not in self._watches:
+                self._watch(other)
+        service.leftovers |= found
 
     def _shutdown_expired(self) -> None:
         stopping = [s for s in self.services.values() if s.state is State.STOPPING]
@@ -1717,12 +2127,24 @@ class ServiceManager:
                 "last_exit": dataclasses.asdict(service.last_exit) if service.last_exit else None,
             }
         pending = [signal.Signals(signum).name for signum in self._pending_signals]
+        pipes = []
+        for fd, pipe in self._pipes.items():
+            os.set_inheritable(fd, True)  # the services write into these: they cross the exec
+            pipes.append({"fd": fd, "service": pipe.service.name, "stream": pipe.stream})
         return {"version": 1, "respawn_history": respawn_history, "parent_pid": parent_pid,
-                "config_text": config_text, "services": services, "pending_signals": pending}
+                "config_text": config_text, "services": services, "pending_signals": pending,
+                "pipes": pipes, "awaiting": [service.name for service in self._awaiting]}
 
     def _adopt(self, handoff: Dict[str, Any]) -> None:
         # signals received but not yet acted on when the old image gave up
         self._pending_signals.extend(getattr(signal, name) for name in handoff["pending_signals"])
+        for saved_pipe in handoff["pipes"]:
+            owner = self.services.get(saved_pipe["service"])
+            if owner is not None:
+                os.set_inheritable(saved_pipe["fd"], False)
+                self._add_pipe(OutputPipe(saved_pipe["fd"], owner, saved_pipe["stream"],
+                                          self._output_sink(owner, saved_pipe["stream"])))
+        self._awaiting = [self.services[name] for name in handoff["awaiting"]]
         for name, saved in handoff["services"].items():
             service = self.services.get(name)
             if service is None:
@@ -1747,6 +2169,14 @@ class ServiceManager:
                 service.timer = self.timers.call_at(due, lambda s=service: self._spawn(s))
             elif saved["state"] in ("exited", "fatal"):
                 service.state = State(saved["state"])
+
+
+def _last_lines(service: Service) -> str:
+    """The service's last lines of output, for an error message."""
+    if not service.recent_output:
+        return ""
+    lines = (line.decode(errors="replace") for line in service.recent_output)
+    return "; its last output:\n" + "\n".join("    " + line for line in lines)
 
 
 def _drain(sock: socket.socket) -> None:

@@ -1,4 +1,6 @@
 """The command line, run for real: exit codes, error messages, option placement."""
+
+import json
 import os
 import shutil
 import subprocess
@@ -12,8 +14,13 @@ SUPERVISOR = str(ROOT / "supervisor.py")
 
 
 def cli(*args, cwd=None, timeout=30):
-    return subprocess.run([sys.executable, SUPERVISOR, *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, SUPERVISOR, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def write(tmp_path, text, name="services.yaml"):
@@ -30,15 +37,19 @@ def test_check_accepts_a_good_config(tmp_path):
 
 
 def test_check_lists_every_problem_with_line_and_key_and_exits_2(tmp_path):
-    path = write(tmp_path, (
-        "services:\n"
-        "  web:\n"
-        "    command: sleep 1\n"
-        "    restart: alway\n"
-        "    stop_signa: TERM\n"
-        "  db:\n"
-        "    command: []\n"
-        "    stop_signal: SIGTREM\n"))
+    path = write(
+        tmp_path,
+        (
+            "services:\n"
+            "  web:\n"
+            "    command: sleep 1\n"
+            "    restart: alway\n"
+            "    stop_signa: TERM\n"
+            "  db:\n"
+            "    command: []\n"
+            "    stop_signal: SIGTREM\n"
+        ),
+    )
     result = cli("check", "-c", str(path))
     assert result.returncode == 2
     assert result.stdout == ""
@@ -65,8 +76,9 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
 def test_missing_config_file_is_a_usage_error(tmp_path):
     result = cli("check", "-c", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2
-    assert result.stderr.strip() == ("%s: cannot read the config file: No such file or directory"
-                                     % (tmp_path / "nope.yaml"))
+    assert result.stderr.strip() == (
+        "%s: cannot read the config file: No such file or directory" % (tmp_path / "nope.yaml")
+    )
 
 
 def test_run_with_a_bad_config_exits_2_and_starts_nothing(tmp_path):
@@ -100,8 +112,12 @@ def test_without_c_the_config_is_services_yaml_in_the_current_folder(tmp_path):
 def test_python_dash_m_and_the_console_script_are_the_same_program(tmp_path):
     path = write(tmp_path, "services:\n  web:\n    command: sleep 1\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    by_module = subprocess.run([sys.executable, "-m", "supervisor", "check", "-c", str(path)],
-                               capture_output=True, text=True, env=env)
+    by_module = subprocess.run(
+        [sys.executable, "-m", "supervisor", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert by_module.returncode == 0 and "OK (1 services)" in by_module.stdout
     script = shutil.which("supervisor", path=os.path.dirname(sys.executable))
     if script is None:
@@ -116,15 +132,48 @@ def test_the_demo_config_is_valid():
 
 @pytest.mark.skipif(sys.platform == "win32", reason="the demo commands name 'python'")
 def test_the_demo_runs_fails_respawns_and_gives_up(supervisor_factory):
-    handle = supervisor_factory.spawn(str(ROOT / "services.yaml"), cwd=ROOT,
-                                      env={"PATH": os.path.dirname(sys.executable) + os.pathsep
-                                           + os.environ.get("PATH", "")})
+    handle = supervisor_factory.spawn(
+        str(ROOT / "services.yaml"),
+        cwd=ROOT,
+        env={"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")},
+    )
     for name in ("example_service_1", "example_service_2"):
         handle.pid_of(name)
     gave_up = handle.wait_for("gave_up", "failing_service_demo", timeout=40)
     assert gave_up["retries"] == 3
-    scheduled = [e for e in handle.events
-                 if e["event"] == "restart_scheduled" and e["service"] == "failing_service_demo"]
+    scheduled = [
+        e
+        for e in handle.events
+        if e["event"] == "restart_scheduled" and e["service"] == "failing_service_demo"
+    ]
     assert [e["delay"] for e in scheduled] == [3.0, 3.0, 3.0]
     handle.kill("example_service_1")
     handle.assert_respawned("example_service_1", within=5.0)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX commands")
+def test_runs_with_only_the_standard_library_and_pyyaml(tmp_path):
+    """psutil made unimportable: the supervisor still runs, stops its tree and exits 0."""
+    path = write(tmp_path, "services:\n  web:\n    command: sleep 600\n")
+    events = tmp_path / "events"
+    runner = (
+        "import runpy, sys; sys.modules['psutil'] = None; "
+        "sys.argv = ['supervisor.py'] + sys.argv[1:]; "
+        "runpy.run_path(%r, run_name='__main__')" % SUPERVISOR
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", runner, "run", "-c", str(path), "--events", str(events)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in proc.stderr:  # the log says when the service is up: no sleeping
+            if "spawned pid" in line:
+                break
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    kinds = [json.loads(line)["event"] for line in events.read_text().splitlines()]
+    assert kinds == ["supervisor_started", "spawned", "stopping", "stopped", "supervisor_exiting"]

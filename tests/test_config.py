@@ -131,7 +131,7 @@ def test_a_string_command_is_split_like_a_shell_and_kept_whole_with_shell_true()
     config = parse(DEMO)
 
     assert config.services["db"].command == ("python", "-m", "http.server", "8000")
-    assert config.services["report"].command == ("echo \"it's done\" | wc -c",)
+    assert config.services["report"].command == ('echo "it\'s done" | wc -c',)
     quoted = parse(service("""command: 'prog --name "a b" c\\ d'"""))
     assert quoted.services["web"].command == ("prog", "--name", "a b", "c d")
 
@@ -157,9 +157,19 @@ def test_umask_accepts_octal_strings_and_yaml_octal_numbers():
 
 @pytest.mark.parametrize(
     ("value", "name"),
-    [("TERM", "SIGTERM"), ("sigterm", "SIGTERM"), ("SIGTERM", "SIGTERM"), (15, "SIGTERM"),
-     (" int ", "SIGINT"), ("SIGBREAK", "SIGBREAK"), ("KILL", "SIGKILL"),
-     ("TREM", None), (True, None), (None, None), (0, None)],
+    [
+        ("TERM", "SIGTERM"),
+        ("sigterm", "SIGTERM"),
+        ("SIGTERM", "SIGTERM"),
+        (15, "SIGTERM"),
+        (" int ", "SIGINT"),
+        ("SIGBREAK", "SIGBREAK"),
+        ("KILL", "SIGKILL"),
+        ("TREM", None),
+        (True, None),
+        (None, None),
+        (0, None),
+    ],
 )
 def test_canonical_signal_name(value, name):
     assert cfg.canonical_signal_name(value) == name
@@ -184,95 +194,249 @@ def test_a_problem_reads_file_line_key_message():
 @pytest.mark.parametrize(
     ("body", "line", "key", "message"),
     [
-        ("command: [x]\nrestrat: always", 4, "services.web.restrat",
-         "unknown key (did you mean 'restart'?)"),
-        ("command: [x]\nzzz: 1", 4, "services.web.zzz",
-         "unknown key; expected one of " + SERVICE_KEYS),
-        ("command: [x]\nrestart: alway", 4, "services.web.restart",
-         "expected one of always, on-failure, never; got 'alway' (did you mean 'always'?)"),
-        ("command: [x]\nrestart_delay: abc", 4, "services.web.restart_delay",
-         "expected a number, got 'abc'"),
-        ("command: [x]\nstop_timeout: true", 4, "services.web.stop_timeout",
-         "expected a number, got true"),
-        ("command: [x]\nreset_after: -1", 4, "services.web.reset_after",
-         "expected a number >= 0, got -1"),
-        ("command: [x]\nrestart_delay: .inf", 4, "services.web.restart_delay",
-         "expected a number >= 0, got inf"),
-        ("command: [x]\nmax_retries: -1", 4, "services.web.max_retries",
-         "expected an integer >= 0 or null, got -1"),
-        ("command: [x]\nmax_retries: 2.5", 4, "services.web.max_retries",
-         "expected an integer >= 0 or null, got 2.5"),
-        ("command: [x]\nbackoff:\n  factor: 0.5", 5, "services.web.backoff.factor",
-         "expected a number >= 1, got 0.5"),
-        ("command: [x]\nbackoff: {jitter: 1.5}", 4, "services.web.backoff.jitter",
-         "expected a number between 0 and 1, got 1.5"),
-        ("command: [x]\nbackoff: 2", 4, "services.web.backoff",
-         "expected a mapping, got 2"),
-        ("command: [x]\nstop_signal: SIGTREM", 4, "services.web.stop_signal",
-         "expected a signal name such as SIGTERM, got 'SIGTREM' (did you mean 'SIGTERM'?)"),
-        ("command: [x]\nstop_signal: TREM", 4, "services.web.stop_signal",
-         "expected a signal name such as SIGTERM, got 'TREM' (did you mean 'SIGTERM'?)"),
-        ("command: [x]\nsuccess_exit_codes: [0, 256]", 4, "services.web.success_exit_codes[1]",
-         "expected an integer 0..255, got 256"),
-        ("command: [x]\nsuccess_exit_codes: 0", 4, "services.web.success_exit_codes",
-         "expected a list of exit codes, got 0"),
-        ("command: [x]\nready: {tcp: localhost}", 4, "services.web.ready.tcp",
-         "expected 'HOST:PORT' with a port 1..65535, got 'localhost'"),
-        ("command: [x]\nready: {tcp: 'localhost:99999'}", 4, "services.web.ready.tcp",
-         "expected 'HOST:PORT' with a port 1..65535, got 'localhost:99999'"),
-        ("command: [x]\nready: {timeout: 5}", 4, "services.web.ready",
-         "expected exactly one of after, log, tcp, file; got none"),
-        ("command: [x]\nready: {log: up, file: /tmp/up}", 4, "services.web.ready",
-         "expected exactly one of after, log, tcp, file; got log, file"),
-        ("command: [x]\nready: {file: /tmp/up, timeout: 0}", 4, "services.web.ready.timeout",
-         "expected a number > 0, got 0"),
-        ("command: [x]\nready: {fiel: /tmp/up, log: up}", 4, "services.web.ready.fiel",
-         "unknown key (did you mean 'file'?)"),
-        ("command: [x]\nready: {after: wbe}", 4, "services.web.ready.after",
-         "expected a defined service, got 'wbe' (did you mean 'web'?)"),
-        ("command: [x]\ndepends_on: [webb]", 4, "services.web.depends_on[0]",
-         "expected a defined service, got 'webb' (did you mean 'web'?)"),
-        ("command: [x]\ndepends_on: web", 4, "services.web.depends_on",
-         "expected a list of service names, got 'web'"),
-        ("command: [x]\ndepends_on: [web]", 4, "services.web.depends_on",
-         "dependency cycle web -> web"),
-        ("command: [x]\nstdout: inheirt", 4, "services.web.stdout",
-         ("expected inherit, null or {file: PATH, max_bytes: N, backups: K}; "
-          "got 'inheirt' (did you mean 'inherit'?)")),
-        ("command: [x]\nstderr: {file: err.log, max_bytes: 0}", 4,
-         "services.web.stderr.max_bytes", "expected an integer >= 1, got 0"),
-        ("command: [x]\nstderr: {file: err.log, backups: -1}", 4, "services.web.stderr.backups",
-         "expected an integer >= 0, got -1"),
-        ("command: [x]\nstderr: {max_bytes: 10}", 4, "services.web.stderr",
-         "missing required key 'file'"),
-        ("command: [x]\numask: '999'", 4, "services.web.umask",
-         "expected an octal umask such as '022', got '999'"),
-        ("command: [x]\numask: 1000", 4, "services.web.umask",
-         "expected an octal umask such as '022', got 1000"),
-        ("command: [x]\nuser: 1000", 4, "services.web.user",
-         "expected a non-empty string, got 1000"),
-        ("command: [x]\ncwd: ''", 4, "services.web.cwd",
-         "expected a non-empty string, got ''"),
-        ("command: [x]\nshell: 'yes'", 4, "services.web.shell",
-         "expected true or false, got 'yes'"),
-        ("command: [x]\nenv: {A: {B: 1}}", 4, "services.web.env.A",
-         "expected a string, got {'B': 1}"),
-        ("command: [x]\nenv: {A: null}", 4, "services.web.env.A",
-         "expected a string, got null"),
-        ("command: [x]\nenv: {'A=B': x}", 4, "services.web.env.A=B",
-         "expected a variable name without '=', got 'A=B'"),
-        ("command: ''", 3, "services.web.command",
-         "expected a non-empty command (a string or a list of strings), got ''"),
-        ("command: []", 3, "services.web.command",
-         "expected a non-empty command, got []"),
-        ("command: [sleep, 10]", 3, "services.web.command[1]",
-         "expected a string, got 10"),
-        ("command: 'echo \"hi'", 3, "services.web.command",
-         "expected a command line shlex can split, got 'echo \"hi' (No closing quotation)"),
-        ("command: [sh, -c, x]\nshell: true", 3, "services.web.command",
-         "expected a single string with shell: true, got ['sh', '-c', 'x']"),
-        ("restart: never", 2, "services.web",
-         "missing required key 'command'"),
+        (
+            "command: [x]\nrestrat: always",
+            4,
+            "services.web.restrat",
+            "unknown key (did you mean 'restart'?)",
+        ),
+        (
+            "command: [x]\nzzz: 1",
+            4,
+            "services.web.zzz",
+            "unknown key; expected one of " + SERVICE_KEYS,
+        ),
+        (
+            "command: [x]\nrestart: alway",
+            4,
+            "services.web.restart",
+            "expected one of always, on-failure, never; got 'alway' (did you mean 'always'?)",
+        ),
+        (
+            "command: [x]\nrestart_delay: abc",
+            4,
+            "services.web.restart_delay",
+            "expected a number, got 'abc'",
+        ),
+        (
+            "command: [x]\nstop_timeout: true",
+            4,
+            "services.web.stop_timeout",
+            "expected a number, got true",
+        ),
+        (
+            "command: [x]\nreset_after: -1",
+            4,
+            "services.web.reset_after",
+            "expected a number >= 0, got -1",
+        ),
+        (
+            "command: [x]\nrestart_delay: .inf",
+            4,
+            "services.web.restart_delay",
+            "expected a number >= 0, got inf",
+        ),
+        (
+            "command: [x]\nmax_retries: -1",
+            4,
+            "services.web.max_retries",
+            "expected an integer >= 0 or null, got -1",
+        ),
+        (
+            "command: [x]\nmax_retries: 2.5",
+            4,
+            "services.web.max_retries",
+            "expected an integer >= 0 or null, got 2.5",
+        ),
+        (
+            "command: [x]\nbackoff:\n  factor: 0.5",
+            5,
+            "services.web.backoff.factor",
+            "expected a number >= 1, got 0.5",
+        ),
+        (
+            "command: [x]\nbackoff: {jitter: 1.5}",
+            4,
+            "services.web.backoff.jitter",
+            "expected a number between 0 and 1, got 1.5",
+        ),
+        ("command: [x]\nbackoff: 2", 4, "services.web.backoff", "expected a mapping, got 2"),
+        (
+            "command: [x]\nstop_signal: SIGTREM",
+            4,
+            "services.web.stop_signal",
+            "expected a signal name such as SIGTERM, got 'SIGTREM' (did you mean 'SIGTERM'?)",
+        ),
+        (
+            "command: [x]\nstop_signal: TREM",
+            4,
+            "services.web.stop_signal",
+            "expected a signal name such as SIGTERM, got 'TREM' (did you mean 'SIGTERM'?)",
+        ),
+        (
+            "command: [x]\nsuccess_exit_codes: [0, 256]",
+            4,
+            "services.web.success_exit_codes[1]",
+            "expected an integer 0..255, got 256",
+        ),
+        (
+            "command: [x]\nsuccess_exit_codes: 0",
+            4,
+            "services.web.success_exit_codes",
+            "expected a list of exit codes, got 0",
+        ),
+        (
+            "command: [x]\nready: {tcp: localhost}",
+            4,
+            "services.web.ready.tcp",
+            "expected 'HOST:PORT' with a port 1..65535, got 'localhost'",
+        ),
+        (
+            "command: [x]\nready: {tcp: 'localhost:99999'}",
+            4,
+            "services.web.ready.tcp",
+            "expected 'HOST:PORT' with a port 1..65535, got 'localhost:99999'",
+        ),
+        (
+            "command: [x]\nready: {timeout: 5}",
+            4,
+            "services.web.ready",
+            "expected exactly one of after, log, tcp, file; got none",
+        ),
+        (
+            "command: [x]\nready: {log: up, file: /tmp/up}",
+            4,
+            "services.web.ready",
+            "expected exactly one of after, log, tcp, file; got log, file",
+        ),
+        (
+            "command: [x]\nready: {file: /tmp/up, timeout: 0}",
+            4,
+            "services.web.ready.timeout",
+            "expected a number > 0, got 0",
+        ),
+        (
+            "command: [x]\nready: {fiel: /tmp/up, log: up}",
+            4,
+            "services.web.ready.fiel",
+            "unknown key (did you mean 'file'?)",
+        ),
+        (
+            "command: [x]\nready: {after: soon}",
+            4,
+            "services.web.ready.after",
+            "expected a number, got 'soon'",
+        ),
+        (
+            "command: [x]\nready: {after: -1}",
+            4,
+            "services.web.ready.after",
+            "expected a number >= 0, got -1",
+        ),
+        (
+            "command: [x]\ndepends_on: [webb]",
+            4,
+            "services.web.depends_on[0]",
+            "expected a defined service, got 'webb' (did you mean 'web'?)",
+        ),
+        (
+            "command: [x]\ndepends_on: web",
+            4,
+            "services.web.depends_on",
+            "expected a list of service names, got 'web'",
+        ),
+        (
+            "command: [x]\ndepends_on: [web]",
+            4,
+            "services.web.depends_on",
+            "dependency cycle web -> web",
+        ),
+        (
+            "command: [x]\nstdout: inheirt",
+            4,
+            "services.web.stdout",
+            (
+                "expected inherit, null or {file: PATH, max_bytes: N, backups: K}; "
+                "got 'inheirt' (did you mean 'inherit'?)"
+            ),
+        ),
+        (
+            "command: [x]\nstderr: {file: err.log, max_bytes: 0}",
+            4,
+            "services.web.stderr.max_bytes",
+            "expected an integer >= 1, got 0",
+        ),
+        (
+            "command: [x]\nstderr: {file: err.log, backups: -1}",
+            4,
+            "services.web.stderr.backups",
+            "expected an integer >= 0, got -1",
+        ),
+        (
+            "command: [x]\nstderr: {max_bytes: 10}",
+            4,
+            "services.web.stderr",
+            "missing required key 'file'",
+        ),
+        (
+            "command: [x]\numask: '999'",
+            4,
+            "services.web.umask",
+            "expected an octal umask such as '022', got '999'",
+        ),
+        (
+            "command: [x]\numask: 1000",
+            4,
+            "services.web.umask",
+            "expected an octal umask such as '022', got 1000",
+        ),
+        (
+            "command: [x]\nuser: 1000",
+            4,
+            "services.web.user",
+            "expected a non-empty string, got 1000",
+        ),
+        ("command: [x]\ncwd: ''", 4, "services.web.cwd", "expected a non-empty string, got ''"),
+        (
+            "command: [x]\nshell: 'yes'",
+            4,
+            "services.web.shell",
+            "expected true or false, got 'yes'",
+        ),
+        (
+            "command: [x]\nenv: {A: {B: 1}}",
+            4,
+            "services.web.env.A",
+            "expected a string, got {'B': 1}",
+        ),
+        ("command: [x]\nenv: {A: null}", 4, "services.web.env.A", "expected a string, got null"),
+        (
+            "command: [x]\nenv: {'A=B': x}",
+            4,
+            "services.web.env.A=B",
+            "expected a variable name without '=', got 'A=B'",
+        ),
+        (
+            "command: ''",
+            3,
+            "services.web.command",
+            "expected a non-empty command (a string or a list of strings), got ''",
+        ),
+        ("command: []", 3, "services.web.command", "expected a non-empty command, got []"),
+        ("command: [sleep, 10]", 3, "services.web.command[1]", "expected a string, got 10"),
+        (
+            "command: 'echo \"hi'",
+            3,
+            "services.web.command",
+            "expected a command line shlex can split, got 'echo \"hi' (No closing quotation)",
+        ),
+        (
+            "command: [sh, -c, x]\nshell: true",
+            3,
+            "services.web.command",
+            "expected a single string with shell: true, got ['sh', '-c', 'x']",
+        ),
+        ("restart: never", 2, "services.web", "missing required key 'command'"),
     ],
 )
 def test_each_service_problem_has_its_words_and_line(body, line, key, message):
@@ -283,8 +447,9 @@ def test_a_bad_regex_reports_the_regex_error():
     with pytest.raises(re.error) as caught:
         re.compile("(")
     assert problems(service("command: [x]\nready: {log: '('}")) == [
-        problem(4, "services.web.ready.log",
-                f"expected a regular expression, got '(' ({caught.value})")
+        problem(
+            4, "services.web.ready.log", f"expected a regular expression, got '(' ({caught.value})"
+        )
     ]
 
 
@@ -294,34 +459,60 @@ WEB = service("command: [x]")
 @pytest.mark.parametrize(
     ("text", "line", "key", "message"),
     [
-        ("supervisor:\n  log_level: verbose\n" + WEB, 2, "supervisor.log_level",
-         "expected one of debug, info, warning, error; got 'verbose'"),
-        ("supervisor:\n  log_level: INFO\n" + WEB, 2, "supervisor.log_level",
-         "expected one of debug, info, warning, error; got 'INFO' (did you mean 'info'?)"),
-        ("supervisor: {log_format: yaml}\n" + WEB, 1, "supervisor.log_format",
-         "expected one of text, json; got 'yaml'"),
-        ("supervisor: {shutdown_timeout: 0}\n" + WEB, 1, "supervisor.shutdown_timeout",
-         "expected a number > 0, got 0"),
-        ("supervisor: {self_respawn: {max: -1}}\n" + WEB, 1, "supervisor.self_respawn.max",
-         "expected an integer >= 0, got -1"),
-        ("supervisor: {self_respawn: {windw: 5}}\n" + WEB, 1, "supervisor.self_respawn.windw",
-         "unknown key (did you mean 'window'?)"),
-        ("supervisor: {log_fil: x.log}\n" + WEB, 1, "supervisor.log_fil",
-         "unknown key (did you mean 'log_file'?)"),
-        ("sevices: {}\n" + WEB, 1, "sevices",
-         "unknown key (did you mean 'services'?)"),
-        ("supervisor: {}\n", None, "services",
-         "at least one service is required"),
-        ("services: {}\n", 1, "services",
-         "at least one service is required"),
-        ("services: [web]\n", 1, "services",
-         "expected a mapping, got ['web']"),
-        (service("command: [x]", name="my web"), 2, "services",
-         "expected a service name of letters, digits, '_', '.' or '-', got 'my web'"),
-        ("- a\n- b\n", 1, "",
-         "expected a mapping with a 'services' key, got ['a', 'b']"),
-        ("", None, "",
-         "expected a mapping with a 'services' key, got an empty file"),
+        (
+            "supervisor:\n  log_level: verbose\n" + WEB,
+            2,
+            "supervisor.log_level",
+            "expected one of debug, info, warning, error; got 'verbose'",
+        ),
+        (
+            "supervisor:\n  log_level: INFO\n" + WEB,
+            2,
+            "supervisor.log_level",
+            "expected one of debug, info, warning, error; got 'INFO' (did you mean 'info'?)",
+        ),
+        (
+            "supervisor: {log_format: yaml}\n" + WEB,
+            1,
+            "supervisor.log_format",
+            "expected one of text, json; got 'yaml'",
+        ),
+        (
+            "supervisor: {shutdown_timeout: 0}\n" + WEB,
+            1,
+            "supervisor.shutdown_timeout",
+            "expected a number > 0, got 0",
+        ),
+        (
+            "supervisor: {self_respawn: {max: -1}}\n" + WEB,
+            1,
+            "supervisor.self_respawn.max",
+            "expected an integer >= 0, got -1",
+        ),
+        (
+            "supervisor: {self_respawn: {windw: 5}}\n" + WEB,
+            1,
+            "supervisor.self_respawn.windw",
+            "unknown key (did you mean 'window'?)",
+        ),
+        (
+            "supervisor: {log_fil: x.log}\n" + WEB,
+            1,
+            "supervisor.log_fil",
+            "unknown key (did you mean 'log_file'?)",
+        ),
+        ("sevices: {}\n" + WEB, 1, "sevices", "unknown key (did you mean 'services'?)"),
+        ("supervisor: {}\n", None, "services", "at least one service is required"),
+        ("services: {}\n", 1, "services", "at least one service is required"),
+        ("services: [web]\n", 1, "services", "expected a mapping, got ['web']"),
+        (
+            service("command: [x]", name="my web"),
+            2,
+            "services",
+            "expected a service name of letters, digits, '_', '.' or '-', got 'my web'",
+        ),
+        ("- a\n- b\n", 1, "", "expected a mapping with a 'services' key, got ['a', 'b']"),
+        ("", None, "", "expected a mapping with a 'services' key, got an empty file"),
     ],
 )
 def test_each_file_and_supervisor_problem_has_its_words_and_line(text, line, key, message):
@@ -377,14 +568,19 @@ def test_every_problem_in_a_file_is_reported_in_one_pass_in_line_order():
         "    colour: red\n"
     )
     assert problems(text) == [
-        problem(2, "supervisor.log_level",
-                "expected one of debug, info, warning, error; got 'loud'"),
+        problem(
+            2, "supervisor.log_level", "expected one of debug, info, warning, error; got 'loud'"
+        ),
         problem(6, "services.web.depends_on", "dependency cycle web -> db -> web"),
-        problem(7, "services.web.restart",
-                "expected one of always, on-failure, never; got 'alway' (did you mean 'always'?)"),
+        problem(
+            7,
+            "services.web.restart",
+            "expected one of always, on-failure, never; got 'alway' (did you mean 'always'?)",
+        ),
         problem(8, "services.web.backoff.factor", "expected a number >= 1, got 0"),
-        problem(12, "services.db.stop_signal",
-                "expected a signal name such as SIGTERM, got 'NOPE'"),
+        problem(
+            12, "services.db.stop_signal", "expected a signal name such as SIGTERM, got 'NOPE'"
+        ),
         problem(13, "services.db.colour", "unknown key; expected one of " + SERVICE_KEYS),
     ]
 
@@ -408,8 +604,13 @@ def test_a_missing_file_is_a_config_error_naming_it(tmp_path):
 
 @pytest.mark.parametrize(
     "text",
-    ["services: {web: {command: [x}}", "\x07", "- 1", service("command: 5\nready: {log: '['}"),
-     "services:\n  a: {command: x, depends_on: [a], stdout: {file: 1}}\n  a: 1\n"],
+    [
+        "services: {web: {command: [x}}",
+        "\x07",
+        "- 1",
+        service("command: 5\nready: {log: '['}"),
+        "services:\n  a: {command: x, depends_on: [a], stdout: {file: 1}}\n  a: 1\n",
+    ],
 )
 def test_error_text_is_never_a_traceback(text):
     with pytest.raises(cfg.ConfigError) as caught:

@@ -1,4 +1,5 @@
 """The service state machine against a fake clock and a fake process backend: no real processes."""
+
 import signal
 
 import pytest
@@ -22,21 +23,22 @@ class FakeProcesses:
     """Records what the manager asks for; the test decides when processes exit."""
 
     orphans_come_home = True
+    selectable_pipes = False  # output passes straight through: no pipes to fake
 
     def __init__(self):
         self.next_pid = 100
         self.spawn_error = None
         self.spawned = []
-        self.signals = []        # (target, signame, "group" | "pid")
-        self.exits = []          # (pid, ExitInfo) handed out by the next reap()
+        self.signals = []  # (target, signame, "group" | "pid")
+        self.exits = []  # (pid, ExitInfo) handed out by the next reap()
         self.live_groups = set()
         self.tagged = {}
 
-    def spawn(self, config, env):
+    def spawn(self, launch):
         if self.spawn_error is not None:
             raise self.spawn_error
         self.next_pid += 1
-        self.spawned.append((config.name, self.next_pid, env))
+        self.spawned.append((launch, self.next_pid))
         self.live_groups.add(self.next_pid)
         return self.next_pid
 
@@ -79,14 +81,16 @@ class FakeProcesses:
 def make_manager(services, supervisor_settings=None, rng=None):
     config = supervisor.parse_config(
         supervisor.json.dumps({"supervisor": supervisor_settings or {}, "services": services}),
-        "test.yaml")
+        "test.yaml",
+    )
     events = supervisor.EventStream(None)
     seen = []
     events.listeners.append(seen.append)
     clock = FakeClock()
     events.clock = clock
-    manager = ServiceManager(config, events, FakeProcesses(), clock,
-                             rng=rng or (lambda low, high: 0.0))
+    manager = ServiceManager(
+        config, events, FakeProcesses(), clock, rng=rng or (lambda low, high: 0.0)
+    )
     return manager, seen, clock
 
 
@@ -110,7 +114,7 @@ def test_first_start_is_attempt_one_and_running():
 def test_service_environment_carries_its_tag_and_env():
     manager, _, _ = make_manager({"a": {"command": "x", "env": {"K": "v"}}})
     manager.start_service("a")
-    env = manager.processes.spawned[0][2]
+    env = manager.processes.spawned[0][0].env
     assert env["K"] == "v"
     assert env[supervisor.SERVICE_TAG_ENV] == manager.tag_prefix + "a"
 
@@ -133,8 +137,7 @@ def test_on_failure_restarts_after_the_delay_counted_from_the_exit():
 
 
 def test_on_failure_does_not_restart_a_success_exit():
-    manager, seen, clock = make_manager(
-        {"a": {"command": "x", "success_exit_codes": [0, 3]}})
+    manager, seen, clock = make_manager({"a": {"command": "x", "success_exit_codes": [0, 3]}})
     manager.start_service("a")
     manager.processes.exit(manager.services["a"].pid, returncode=3)
     step(manager, clock)
@@ -155,8 +158,9 @@ def test_death_by_signal_is_a_failure():
 
 
 def test_always_restarts_a_clean_exit_and_never_does_not():
-    manager, _, clock = make_manager({"a": {"command": "x", "restart": "always"},
-                                      "n": {"command": "x", "restart": "never"}})
+    manager, _, clock = make_manager(
+        {"a": {"command": "x", "restart": "always"}, "n": {"command": "x", "restart": "never"}}
+    )
     for name in ("a", "n"):
         manager.start_service(name)
         manager.processes.exit(manager.services[name].pid, returncode=0)
@@ -181,7 +185,8 @@ def test_gives_up_after_max_retries_and_then_costs_nothing():
 
 def test_uptime_of_reset_after_resets_the_retry_count():
     manager, seen, clock = make_manager(
-        {"a": {"command": "x", "max_retries": 1, "reset_after": 10}})
+        {"a": {"command": "x", "max_retries": 1, "reset_after": 10}}
+    )
     manager.start_service("a")
     for _ in range(3):
         clock.advance(11)
@@ -203,19 +208,27 @@ def test_unlimited_retries_with_null():
     assert seen[-1]["attempt"] == 51
 
 
-@pytest.mark.parametrize("restart_number, expected", [(1, 1.0), (2, 2.0), (3, 4.0), (4, 5.0),
-                                                      (9, 5.0)])
+@pytest.mark.parametrize(
+    "restart_number, expected", [(1, 1.0), (2, 2.0), (3, 4.0), (4, 5.0), (9, 5.0)]
+)
 def test_backoff_grows_by_factor_up_to_max_delay(restart_number, expected):
-    manager, _, _ = make_manager({"a": {"command": "x", "restart_delay": 1,
-                                        "backoff": {"factor": 2, "max_delay": 5}}})
+    manager, _, _ = make_manager(
+        {"a": {"command": "x", "restart_delay": 1, "backoff": {"factor": 2, "max_delay": 5}}}
+    )
     config = manager.services["a"].config
     assert supervisor.restart_delay(config, restart_number) == expected
 
 
 def test_jitter_is_applied_after_the_cap():
-    manager, _, _ = make_manager({"a": {"command": "x", "restart_delay": 10,
-                                        "backoff": {"factor": 2, "max_delay": 15,
-                                                    "jitter": 0.5}}})
+    manager, _, _ = make_manager(
+        {
+            "a": {
+                "command": "x",
+                "restart_delay": 10,
+                "backoff": {"factor": 2, "max_delay": 15, "jitter": 0.5},
+            }
+        }
+    )
     config = manager.services["a"].config
     assert supervisor.restart_delay(config, 3, lambda low, high: high) == 22.5
     assert supervisor.restart_delay(config, 3, lambda low, high: low) == 7.5
@@ -227,8 +240,14 @@ def test_spawn_failure_follows_the_policy_and_counts_as_a_retry():
     manager.start_service("a")
     for _ in range(3):
         step(manager, clock)
-    assert names(seen) == ["spawn_failed", "restart_scheduled", "spawn_failed",
-                           "restart_scheduled", "spawn_failed", "gave_up"]
+    assert names(seen) == [
+        "spawn_failed",
+        "restart_scheduled",
+        "spawn_failed",
+        "restart_scheduled",
+        "spawn_failed",
+        "gave_up",
+    ]
     assert "No such file or directory" in seen[0]["error"]
     assert manager.services["a"].state is State.FATAL
 
@@ -295,8 +314,9 @@ def test_stop_during_backoff_cancels_the_restart():
 
 
 def test_shutdown_stops_everything_in_parallel_and_restarts_nothing():
-    manager, seen, clock = make_manager({"a": {"command": "x", "restart": "always"},
-                                         "b": {"command": "x", "restart": "always"}})
+    manager, seen, clock = make_manager(
+        {"a": {"command": "x", "restart": "always"}, "b": {"command": "x", "restart": "always"}}
+    )
     manager.start_service("a")
     manager.start_service("b")
     pids = [manager.services[n].pid for n in ("a", "b")]
@@ -364,16 +384,17 @@ def test_every_legal_transition_emits_exactly_its_event(event):
 
 
 def test_handoff_state_round_trips_into_adoption():
-    manager, _, clock = make_manager({"a": {"command": "x"}, "b": {"command": "x",
-                                                                   "restart_delay": 30}})
+    manager, _, clock = make_manager(
+        {"a": {"command": "x"}, "b": {"command": "x", "restart_delay": 30}}
+    )
     manager.start_service("a")
     manager.start_service("b")
     manager.processes.exit(manager.services["b"].pid, returncode=1)
     step(manager, clock)
-    state = supervisor.json.loads(supervisor.json.dumps(
-        manager.handoff_state([1.0], 42, "text")))
-    adopter, seen, adopter_clock = make_manager({"a": {"command": "x"},
-                                                 "b": {"command": "x", "restart_delay": 30}})
+    state = supervisor.json.loads(supervisor.json.dumps(manager.handoff_state([1.0], 42, "text")))
+    adopter, seen, adopter_clock = make_manager(
+        {"a": {"command": "x"}, "b": {"command": "x", "restart_delay": 30}}
+    )
     adopter_clock.now = clock.now
     adopter.processes.is_child = lambda pid: True
     adopter._adopt(state)
