@@ -32,6 +32,7 @@ import dataclasses
 import difflib
 import enum
 import errno
+import hashlib
 import heapq
 import itertools
 import json
@@ -45,6 +46,7 @@ import selectors
 import shlex
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -829,6 +831,7 @@ class Service:
         self.probe: Optional[ReadinessProbe] = None
         self.start_error: Optional[str] = None
         self.recent_output: Deque[bytes] = collections.deque(maxlen=RECENT_OUTPUT_LINES)
+        self.after_stop: Optional[Callable[[], None]] = None  # restart, or removal on reload
 
     def transition(self, event: str, new_state: State, **fields: Any) -> Dict[str, Any]:
         sources, targets = TRANSITIONS[event]
@@ -1043,6 +1046,33 @@ class PosixProcesses:
             return _scan_proc_tags(prefix)
         return _scan_psutil_tags(prefix)
 
+    def start_time(self, pid: Optional[int]) -> Optional[float]:
+        """When ``pid`` started (opaque units), to tell it from a later process with its PID."""
+        if pid is None:
+            return None
+        try:
+            with open("/proc/%d/stat" % pid, "rb") as stat:
+                return float(stat.read().rsplit(b")", 1)[1].split()[19])
+        except (OSError, IndexError, ValueError):
+            pass
+        return _psutil_start_time(pid)
+
+    def terminate_strays(self, pids: Set[int], timeout: float) -> None:
+        """SIGTERM processes that are not our children, SIGKILL them after ``timeout``.
+
+        Runs once at start-up, before the loop; they cannot wake us when they exit (not our
+        children), so this waits by re-checking.
+        """
+        for pid in pids:
+            if self.in_group(pid, pid):  # a service's main process: its group goes too
+                self.send_group(pid, "SIGTERM")
+            self.send(pid, "SIGTERM")
+        deadline = time.monotonic() + timeout
+        while any(self.alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(ORPHAN_RECHECK_INTERVAL)
+        for pid in pids:
+            self.send(pid, "SIGKILL")
+
     @property
     def orphans_come_home(self) -> bool:
         """Whether every process a service leaves behind ends up as our child."""
@@ -1180,6 +1210,13 @@ class WindowsProcesses:
 
     def tagged_processes(self, prefix: str) -> Dict[str, Set[int]]:
         return _scan_psutil_tags(prefix)
+
+    def start_time(self, pid: Optional[int]) -> Optional[float]:
+        return None if pid is None else _psutil_start_time(pid)
+
+    def terminate_strays(self, pids: Set[int], timeout: float) -> None:
+        for pid in pids:
+            self.send(pid, "SIGKILL")  # Windows has no gentler way for a stranger's process
 
     def watch_parent(self, parent_pid: int) -> Optional[Any]:
         kernel32 = _kernel32()
@@ -1356,6 +1393,26 @@ def _scan_proc_tags(prefix: str) -> Dict[str, Set[int]]:
         if tag is not None:
             found.setdefault(tag, set()).add(int(entry))
     return found
+
+
+def _psutil_start_time(pid: int) -> Optional[float]:
+    try:
+        import psutil
+        return float(psutil.Process(pid).create_time())
+    except Exception:  # noqa: BLE001 - psutil missing, or the process is gone
+        return None
+
+
+def _resources(pid: int) -> Dict[str, Any]:
+    """RSS (bytes) and CPU seconds of ``pid`` when psutil is there; nothing otherwise."""
+    try:
+        import psutil
+        process = psutil.Process(pid)
+        with process.oneshot():
+            times = process.cpu_times()
+            return {"rss": process.memory_info().rss, "cpu": round(times.user + times.system, 3)}
+    except Exception:  # noqa: BLE001 - psutil missing, or the process just exited
+        return {}
 
 
 def _scan_psutil_tags(prefix: str) -> Dict[str, Set[int]]:
@@ -1644,8 +1701,9 @@ class ServiceManager:
 
     def __init__(self, config: Config, events: Optional[EventStream] = None,
                  processes: Any = None, clock: Callable[[], float] = time.monotonic,
-                 rng: Callable[[float, float], float] = random.uniform):
+                 rng: Callable[[float, float], float] = random.uniform, config_text: str = ""):
         self.config = config
+        self.config_text = config_text  # what a re-executed image parses again
         self.clock = clock
         self.rng = rng
         self.events = events if events is not None else EventStream(None, clock)
@@ -1668,10 +1726,13 @@ class ServiceManager:
         self._files: Dict[str, RotatingFile] = {}
         self._forwarder = Forwarder()
         self._awaiting: List[Service] = []  # to be started once their dependencies are ready
-        self._dependents: Dict[str, List[Service]] = {name: [] for name in self.services}
-        for service in self.services.values():
-            for dependency in service.config.depends_on:
-                self._dependents[dependency].append(service)
+        self._dependents: Dict[str, List[Service]] = {}
+        self._find_dependents()
+        self.control: Optional[ControlServer] = None
+        self._replies_after_stop: List[Tuple[List[Service], Callable[[], None]]] = []
+        self._requested: Optional[Exception] = None  # raised by the loop once replies are out
+        self._state_dirty = False
+        self.state_file: Optional[str] = None  # where live PIDs are kept, once running for real
 
     # -- public API
 
@@ -1687,8 +1748,17 @@ class ServiceManager:
         """Stop ``name``: stop signal to its group, SIGKILL to its whole tree after the timeout."""
         self._begin_stop([self.services[name]])
 
+    def _find_dependents(self) -> None:
+        self._dependents = {name: [] for name in self.services}
+        for service in self.services.values():
+            for dependency in service.config.depends_on:
+                self._dependents[dependency].append(service)
+
     def monitor_services(self) -> None:
         """One pass: act on signals, reap exits and apply policies, run due timers."""
+        if self._requested is not None:
+            requested, self._requested = self._requested, None
+            raise requested
         self._handle_signals()
         for pid, info in self.processes.reap():
             self._on_exit(pid, info)
@@ -1696,10 +1766,14 @@ class ServiceManager:
         for service in self.services.values():
             if service.state is State.STOPPING:
                 self._check_stopped(service)
+        if self._replies_after_stop:
+            self._send_replies_after_stop()
         if self.shutting_down:
             self._stop_waves()
             if not any(s.state is State.STOPPING for s in self.services.values()):
                 self.finished = True
+        if self._state_dirty and self.state_file:
+            self._write_state(self.state_file)
 
     def run_monitoring(self) -> None:
         """The main loop: sleep until something happens, then ``monitor_services()``."""
@@ -1772,8 +1846,12 @@ class ServiceManager:
         assert self._wakeup is not None
         _drain(self._wakeup[0])
 
-    def close(self) -> None:
+    def close(self, for_exec: bool = False) -> None:
         """Release the loop's descriptors and signal handlers (before an exec or exit)."""
+        if self.control is not None:
+            self.control.close(unlink=not for_exec)
+        if not for_exec:
+            self.remove_state()
         if self._wakeup is not None:
             signal.set_wakeup_fd(-1)
             self._selector.unregister(self._wakeup[0])
@@ -1802,8 +1880,11 @@ class ServiceManager:
                 log("warning", "ignoring SIGUSR1 (fault injection is not enabled)")
             elif name == "SIGUSR2" and not self.shutting_down:
                 raise ReexecRequested()
-            elif name == "SIGHUP":
-                log("warning", "ignoring SIGHUP: reload is not available in this version")
+            elif name == "SIGHUP" and not self.shutting_down:
+                try:
+                    self.reload()
+                except ConfigError as exc:
+                    log("error", "reload refused, nothing changed:\n%s" % exc)
 
     # -- spawning and exits
 
@@ -1846,6 +1927,7 @@ class ServiceManager:
             os.close(writer)
             self._add_pipe(OutputPipe(reader, service, stream, self._output_sink(service, stream)))
         self._track(service, pid)
+        self._state_dirty = True
         service.started_at = self.clock()
         service.start_error = None
         log("info", "spawned pid %d (attempt %d)" % (pid, service.retries + 1), service.name)
@@ -2058,6 +2140,13 @@ class ServiceManager:
             service.name)
         service.transition("stopped", State.STOPPED, pid=pid, forced=service.forced,
                            returncode=info.returncode, signal=info.signal)
+        self._state_dirty = True
+        self._after_stop(service)
+
+    def _after_stop(self, service: Service) -> None:
+        then, service.after_stop = service.after_stop, None
+        if then is not None:
+            then()
 
     def _recheck_done(self) -> None:
         self._recheck = None  # the monitoring pass that follows re-checks every stopping tree
@@ -2112,10 +2201,210 @@ class ServiceManager:
             self.processes.wait(pid)  # SIGKILL cannot be ignored: this returns promptly
             self._by_pid.pop(pid).pid = None
 
+
+    # -- the control socket
+
+    def open_control(self, inherited: Optional[Dict[str, Any]] = None) -> None:
+        """Listen on ``supervisor.control_socket`` (or keep listening after an exec)."""
+        path = self.config.supervisor.control_socket
+        if not path:
+            return
+        self.control = ControlServer(path, self._selector, self.timers, self._control_request)
+        if inherited:
+            self.control.open(inherited["fd"], inherited["token"])
+        else:
+            self.control.open()
+
+    def _control_request(self, request: Dict[str, Any],
+                         reply: Callable[[Dict[str, Any]], None]) -> None:
+        command, args = request.get("cmd"), request.get("args") or {}
+        try:
+            if command not in CONTROL_COMMANDS:
+                raise ControlError("unknown command %r%s" % (
+                    command, _did_you_mean(command, CONTROL_COMMANDS)))
+            if not isinstance(args, dict):
+                raise ControlError("args: expected an object")
+            names = self._names(args.get("names", []), allow_empty=command == "status")
+            self._control_command(command, names, reply)
+        except ControlError as exc:
+            reply({"ok": False, "error": str(exc)})
+        except ConfigError as exc:
+            reply({"ok": False, "error": "reload refused, nothing changed:\n%s" % exc})
+
+    def _names(self, names: Any, allow_empty: bool) -> List[Service]:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ControlError("names: expected a list of service names")
+        unknown = [n for n in names if n not in self.services]
+        if unknown:
+            raise ControlError("unknown service%s %s; known: %s" % (
+                "s" if len(unknown) > 1 else "", ", ".join(map(repr, unknown)),
+                ", ".join(self.services)))
+        if not names and not allow_empty:
+            raise ControlError("names: give at least one service")
+        return [self.services[n] for n in names] or list(self.services.values())
+
+    def _control_command(self, command: str, services: List[Service],
+                         reply: Callable[[Dict[str, Any]], None]) -> None:
+        if command == "status":
+            reply({"ok": True, "result": [self.status(s) for s in services]})
+        elif command == "start":
+            for service in services:
+                self.start_service(service.name)
+            reply({"ok": True, "result": {s.name: s.state.value for s in services}})
+        elif command in ("stop", "restart"):
+            for service in services:
+                if command == "restart":
+                    service.after_stop = lambda s=service: self.start_service(s.name)
+                self.stop_service(service.name)
+                if service.state is not State.STOPPING:
+                    self._after_stop(service)
+            self._replies_after_stop.append((services, lambda: reply(
+                {"ok": True, "result": {s.name: s.state.value for s in services}})))
+        elif command == "reload":
+            reply({"ok": True, "result": self.reload()})
+        elif command == "shutdown":
+            reply({"ok": True, "result": "shutting down"})
+            self.shutdown()
+        elif command == "reexec":
+            reply({"ok": True, "result": "re-executing"})
+            self._requested = ReexecRequested()
+        elif not self.allow_fault_injection:  # "fault": the portable SIGUSR1
+            raise ControlError("fault injection is not enabled (--allow-fault-injection)")
+        else:
+            reply({"ok": True, "result": "raising in the main loop"})
+            self._requested = InjectedFault("fault injected by the control socket")
+
+    def _send_replies_after_stop(self) -> None:
+        waiting = []
+        for services, send in self._replies_after_stop:
+            if any(s.state is State.STOPPING for s in services):
+                waiting.append((services, send))
+            else:
+                send()
+        self._replies_after_stop = waiting
+
+    def status(self, service: Service) -> Dict[str, Any]:
+        """What ``supervisor status`` shows of one service."""
+        running = service.pid is not None and service.started_at is not None
+        last = service.last_exit
+        return {
+            "name": service.name, "state": service.state.value, "pid": service.pid,
+            "uptime": round(self.clock() - service.started_at, 3) if running else None,
+            "restarts": service.restarts,
+            "last_exit": dataclasses.asdict(last) if last else None,
+            **(_resources(service.pid) if service.pid is not None else {}),
+        }
+
+    def reload(self) -> Dict[str, List[str]]:
+        """Re-read the config: start added services, stop removed ones, restart changed ones.
+
+        A config with problems raises ConfigError and changes nothing.
+        """
+        text = read_config_text(self.config.path)
+        new = parse_config(text, self.config.path)
+        old = self.config.services
+        added = [name for name in new.services if name not in old]
+        removed = [name for name in old if name not in new.services]
+        changed = [name for name in new.services if name in old and new.services[name] != old[name]]
+        if new.supervisor != self.config.supervisor:
+            log("warning", "changes under 'supervisor:' take effect at the next reexec")
+        self.config, self.config_text = new, text
+        for name in added:
+            self.services[name] = Service(new.services[name], self.events)
+        self._find_dependents()
+        for name in removed:
+            self._replace(self.services[name], None)
+        for name in changed:
+            self._replace(self.services[name], new.services[name])
+        for name in added:
+            if new.services[name].autostart:
+                self._request_start(self.services[name])
+        log("info", "reloaded: added %s, removed %s, changed %s" % (
+            added or "none", removed or "none", changed or "none"))
+        self.events.emit("reloaded", None, added=added, removed=removed, changed=changed)
+        return {"added": added, "removed": removed, "changed": changed}
+
+    def _replace(self, service: Service, config: Optional[ServiceConfig]) -> None:
+        """Stop ``service``, then drop it (no config) or start it again with ``config``."""
+        def then() -> None:
+            if config is None:
+                del self.services[service.name]
+                self._dependents.pop(service.name, None)
+                return
+            service.config = config
+            service.retries = 0
+            if config.autostart:
+                self._request_start(service)
+        if service in self._awaiting:
+            self._awaiting.remove(service)
+        service.after_stop = then
+        self.stop_service(service.name)
+        if service.state is not State.STOPPING:
+            self._after_stop(service)
+
+    # -- the state file: what a SIGKILLed supervisor left running
+
+    def state_path(self) -> str:
+        settings = self.config.supervisor
+        if settings.state_file:
+            return settings.state_file
+        if settings.control_socket:
+            return settings.control_socket + ".state"
+        folder = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+        key = hashlib.sha1(os.path.abspath(self.config.path).encode()).hexdigest()[:16]
+        return os.path.join(folder, "supervisor-%s.state" % key)
+
+    def _write_state(self, path: str) -> None:
+        self._state_dirty = False
+        me = os.getpid()
+        state = {"supervisor": {"pid": me, "start_time": self.processes.start_time(me)},
+                 "tag_prefix": self.tag_prefix,
+                 "services": {s.name: {"pid": s.pid, "start_time":
+                                       self.processes.start_time(s.pid)}
+                              for s in self.services.values() if s.pid is not None}}
+        try:
+            with open(path + ".tmp", "w") as state_file:
+                json.dump(state, state_file)
+            os.replace(path + ".tmp", path)
+        except OSError as exc:
+            log("warning", "cannot write the state file %s: %s" % (path, exc.strerror))
+
+    def remove_state(self) -> None:
+        if self.state_file:
+            try:
+                os.unlink(self.state_file)
+            except OSError:
+                pass
+
+    def clean_up_after_a_crash(self) -> None:
+        """Stop what a killed supervisor of this config left running, so no service ever runs
+        twice; refuse to start if that supervisor is in fact still alive."""
+        try:
+            with open(self.state_path()) as state_file:
+                state = json.load(state_file)
+            owner = state["supervisor"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if owner["pid"] != os.getpid() and owner["start_time"] is not None \
+                and self.processes.start_time(owner["pid"]) == owner["start_time"]:
+            raise ControlError("a supervisor (pid %d) is already running this config; state "
+                               "file %s" % (owner["pid"], self.state_path()))
+        left = {saved["pid"] for saved in state["services"].values()
+                if saved["start_time"] is not None
+                and self.processes.start_time(saved["pid"]) == saved["start_time"]}
+        if owner["pid"] != os.getpid() and self.processes.start_time(owner["pid"]) is None:
+            # the old supervisor is gone, so its tag is unique: it finds escaped daemons too
+            for pids in self.processes.tagged_processes(state["tag_prefix"]).values():
+                left |= pids
+        if left:
+            log("warning", "stopping %d processes left by a supervisor that was killed: %s"
+                % (len(left), ", ".join(map(str, sorted(left)))))
+            self.processes.terminate_strays(left, timeout=10.0)
+
     # -- handing over to a re-executed image
 
-    def handoff_state(self, respawn_history: List[float], parent_pid: Optional[int],
-                      config_text: str) -> Dict[str, Any]:
+    def handoff_state(self, respawn_history: List[float],
+                      parent_pid: Optional[int]) -> Dict[str, Any]:
         services = {}
         for name, service in self.services.items():
             due = service.timer.due if service.timer is not None and not service.timer.cancelled \
@@ -2132,8 +2421,10 @@ class ServiceManager:
             os.set_inheritable(fd, True)  # the services write into these: they cross the exec
             pipes.append({"fd": fd, "service": pipe.service.name, "stream": pipe.stream})
         return {"version": 1, "respawn_history": respawn_history, "parent_pid": parent_pid,
-                "config_text": config_text, "services": services, "pending_signals": pending,
-                "pipes": pipes, "awaiting": [service.name for service in self._awaiting]}
+                "config_text": self.config_text, "services": services,
+                "pending_signals": pending, "pipes": pipes,
+                "awaiting": [service.name for service in self._awaiting],
+                "control": self.control.handoff() if self.control else None}
 
     def _adopt(self, handoff: Dict[str, Any]) -> None:
         # signals received but not yet acted on when the old image gave up
@@ -2189,6 +2480,268 @@ def _drain(sock: socket.socket) -> None:
 
 def _nothing() -> None:
     """Selector callback for wake-ups whose work is done by the next monitoring pass."""
+
+
+# --------------------------------------------------------------------------- control socket
+
+PROTOCOL_VERSION = 1
+MAX_REQUEST_BYTES = 65536     # a longer line is refused and the client dropped
+MAX_CLIENTS = 512             # more at once are turned away, so none can starve the loop
+CLIENT_IDLE_TIMEOUT = 10.0    # a client that says nothing for this long is dropped
+CONTROL_COMMANDS = ("status", "start", "stop", "restart", "reload", "reexec", "shutdown",
+                    "fault")
+
+
+class ControlError(Exception):
+    """A control request that cannot be carried out; its text is the reply's error."""
+
+
+class ControlClient:
+    """One connection: its partial request, its unsent reply, its idle timer."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.inbox = b""
+        self.outbox = b""
+        self.authenticated = False
+        self.idle: Optional[Timer] = None
+        self.closing = False
+
+
+class ControlServer:
+    """The supervisor's control endpoint: JSON lines in, one JSON line out per request.
+
+    POSIX: a unix socket with mode 0600 in a directory only its owner can enter; on Linux
+    the peer's uid must be ours or root's. Without unix sockets (Windows): a loopback TCP
+    port whose number and a random token are written to the socket path, a file only the
+    user can read; a client's first line must carry the token.
+    Every socket is non-blocking: a silent, slow or hostile client costs the loop nothing.
+    """
+
+    def __init__(self, path: str, selector: selectors.BaseSelector, timers: Timers,
+                 handle: Callable[[Dict[str, Any], Callable[[Dict[str, Any]], None]], None]):
+        self.path = path
+        self.selector = selector
+        self.timers = timers
+        self.handle = handle
+        self.listener: Optional[socket.socket] = None
+        self.token: Optional[str] = None
+        self.clients: Dict[socket.socket, ControlClient] = {}
+
+    def open(self, inherited_fd: Optional[int] = None, token: Optional[str] = None) -> None:
+        if inherited_fd is not None:
+            os.set_inheritable(inherited_fd, False)
+            self.listener = socket.socket(fileno=inherited_fd)
+            self.token = token
+        elif hasattr(socket, "AF_UNIX"):
+            self.listener = self._bind_unix()
+        else:
+            self.listener = self._bind_loopback()
+        self.listener.setblocking(False)
+        self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
+
+    def _bind_unix(self) -> socket.socket:
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        info = os.stat(folder)
+        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise ControlError("control socket folder %s must belong to you and be closed to "
+                               "others (chmod 700)" % folder)
+        if os.path.exists(self.path):
+            if _control_answers(self.path):
+                raise ControlError("another supervisor is listening on %s" % self.path)
+            os.unlink(self.path)  # left by a supervisor that was killed
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # created 0600: no window where others could connect
+        try:
+            listener.bind(self.path)
+        finally:
+            os.umask(old_umask)
+        listener.listen(128)
+        return listener
+
+    def _bind_loopback(self) -> socket.socket:
+        import secrets
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        self.token = secrets.token_hex(16)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as endpoint:
+            json.dump({"port": listener.getsockname()[1], "token": self.token}, endpoint)
+        return listener
+
+    def handoff(self) -> Dict[str, Any]:
+        """The listening socket crosses an exec, so clients never find nobody there."""
+        assert self.listener is not None
+        fd = self.listener.fileno()
+        os.set_inheritable(fd, True)
+        return {"fd": fd, "token": self.token}
+
+    def close(self, unlink: bool = True) -> None:
+        for client in list(self.clients.values()):
+            self._drop(client)
+        if self.listener is not None:
+            self.selector.unregister(self.listener)
+            if unlink:
+                self.listener.close()
+                if os.path.exists(self.path):
+                    os.unlink(self.path)
+            self.listener = None
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log("warning", "control socket: cannot accept: %s" % exc)
+                return
+            if len(self.clients) >= MAX_CLIENTS or not _peer_allowed(sock):
+                sock.close()
+                continue
+            sock.setblocking(False)
+            client = ControlClient(sock)
+            client.authenticated = self.token is None
+            self.clients[sock] = client
+            self.selector.register(sock, selectors.EVENT_READ, lambda c=client: self._read(c))
+            self._touch(client)
+
+    def _touch(self, client: ControlClient) -> None:
+        if client.idle is not None:
+            client.idle.cancel()
+        client.idle = self.timers.call_later(CLIENT_IDLE_TIMEOUT, lambda: self._drop(client))
+
+    def _read(self, client: ControlClient) -> None:
+        try:
+            data = client.sock.recv(MAX_REQUEST_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(client)
+            return
+        self._touch(client)
+        client.inbox += data
+        while b"\n" in client.inbox and not client.closing:
+            line, client.inbox = client.inbox.split(b"\n", 1)
+            self._request(client, line)
+        if len(client.inbox) > MAX_REQUEST_BYTES:
+            self._reply(client, {"ok": False, "error": "request longer than %d bytes"
+                                 % MAX_REQUEST_BYTES}, close=True)
+
+    def _request(self, client: ControlClient, line: bytes) -> None:
+        try:
+            request = json.loads(line)
+        except ValueError:
+            self._reply(client, {"ok": False, "error": "not JSON"})
+            return
+        if not isinstance(request, dict):
+            self._reply(client, {"ok": False, "error": "expected a JSON object"})
+            return
+        reply_id = request.get("id")
+        if not client.authenticated:
+            if request.get("token") != self.token:
+                self._reply(client, {"ok": False, "error": "bad token"}, close=True)
+                return
+            client.authenticated = True
+        if request.get("v") != PROTOCOL_VERSION:
+            self._reply(client, {"id": reply_id, "ok": False, "error":
+                                 "unsupported protocol version %r (this supervisor speaks %d)"
+                                 % (request.get("v"), PROTOCOL_VERSION)})
+            return
+        self.handle(request, lambda reply: self._reply(client, dict(reply, id=reply_id)))
+
+    def _reply(self, client: ControlClient, reply: Dict[str, Any], close: bool = False) -> None:
+        if client.sock not in self.clients:
+            return  # it left before its answer was ready
+        reply.setdefault("v", PROTOCOL_VERSION)
+        client.outbox += json.dumps(reply).encode() + b"\n"
+        client.closing = client.closing or close
+        self._flush(client)
+
+    def _flush(self, client: ControlClient) -> None:
+        try:
+            sent = client.sock.send(client.outbox)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._drop(client)
+            return
+        client.outbox = client.outbox[sent:]
+        if client.outbox:
+            if len(client.outbox) > 16 * MAX_REQUEST_BYTES:
+                self._drop(client)  # it sends requests but never reads the answers
+                return
+            self.selector.modify(client.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
+                                 lambda: self._writable(client))
+        elif client.closing:
+            self._drop(client)
+
+    def _writable(self, client: ControlClient) -> None:
+        self._read(client)
+        if client.sock in self.clients:
+            self.selector.modify(client.sock, selectors.EVENT_READ, lambda: self._read(client))
+            self._flush(client)
+
+    def _drop(self, client: ControlClient) -> None:
+        if self.clients.pop(client.sock, None) is None:
+            return
+        if client.idle is not None:
+            client.idle.cancel()
+        self.selector.unregister(client.sock)
+        client.sock.close()
+
+
+def _peer_allowed(sock: socket.socket) -> bool:
+    """On Linux, only our own uid or root may control us (the socket's mode says the same)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return True
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", creds)
+    return uid in (0, os.getuid())
+
+
+def _control_answers(path: str) -> bool:
+    try:
+        control_request(path, {"cmd": "status", "args": {"names": []}}, timeout=2.0)
+    except Unreachable:
+        return False
+    return True
+
+
+class Unreachable(Exception):
+    """No supervisor answered on the control socket."""
+
+
+def control_request(path: str, request: Dict[str, Any], timeout: float = 60.0) -> Dict[str, Any]:
+    """Send one request to the supervisor listening at ``path`` and return its reply."""
+    request = dict(request, v=PROTOCOL_VERSION, id=1)
+    try:
+        if hasattr(socket, "AF_UNIX"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(path)
+        else:
+            with open(path) as endpoint:
+                where = json.load(endpoint)
+            sock = socket.create_connection(("127.0.0.1", where["port"]), timeout=timeout)
+            request["token"] = where["token"]
+        with sock:
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            answer = b""
+            while not answer.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise Unreachable("the supervisor at %s closed the connection" % path)
+                answer += chunk
+    except (OSError, ValueError, KeyError) as exc:
+        raise Unreachable("no supervisor answers at %s (%s)" % (path, exc)) from None
+    reply: Dict[str, Any] = json.loads(answer)
+    return reply
 
 
 # --------------------------------------------------------------------------- self-respawn
@@ -2269,12 +2822,20 @@ class Runner:
         configure_logging(self.args.log_level or settings.log_level,
                           self.args.log_format or settings.log_format, settings.log_file)
         events = EventStream(self.args.events or settings.events_file)
-        manager = ServiceManager(config, events)
+        manager = ServiceManager(config, events, config_text=config_text)
         manager.allow_fault_injection = self.args.allow_fault_injection
         history: List[float] = handoff["respawn_history"] if handoff else []
         respawn_count: int = handoff["respawn_count"] if handoff else 0
         parent_pid = handoff["parent_pid"] if handoff else (
             os.getppid() if self.args.exit_with_parent else None)
+        manager.state_file = manager.state_path()
+        try:
+            if handoff is None:
+                manager.clean_up_after_a_crash()
+            manager.open_control(handoff["control"] if handoff else None)
+        except (ControlError, OSError) as exc:
+            log("error", "cannot start: %s" % exc)
+            return EXIT_FAILURE
         manager.start(handoff, respawn_count=respawn_count, config_path=self.config_path)
         unblock_signals()
         if parent_pid is not None:
@@ -2285,7 +2846,7 @@ class Runner:
                 break
             except ReexecRequested:
                 log("info", "re-executing on request")
-                self._reexec(manager, history, respawn_count + 1, parent_pid, config_text)
+                self._reexec(manager, history, respawn_count + 1, parent_pid)
             except Exception as exc:  # noqa: BLE001 - any bug in the loop is what this is for
                 log("error", "unexpected error in the main loop:\n" + traceback.format_exc())
                 now = time.monotonic()
@@ -2298,18 +2859,18 @@ class Runner:
                     break
                 events.emit("self_respawn", None, reason="%s: %s" % (type(exc).__name__, exc),
                             count=respawn_count + 1)
-                self._reexec(manager, history, respawn_count + 1, parent_pid, config_text)
+                self._reexec(manager, history, respawn_count + 1, parent_pid)
         events.emit("supervisor_exiting", None, code=manager.exit_code)
         manager.close()
         return manager.exit_code
 
     def _reexec(self, manager: ServiceManager, history: List[float], respawn_count: int,
-                parent_pid: Optional[int], config_text: str) -> None:
+                parent_pid: Optional[int]) -> None:
         block_signals()
-        state = manager.handoff_state(history, parent_pid, config_text)
+        state = manager.handoff_state(history, parent_pid)
         state["respawn_count"] = respawn_count
         path = write_handoff(state)
-        manager.close()
+        manager.close(for_exec=True)
         try:
             respawn_self()
         except OSError as exc:
@@ -2348,6 +2909,10 @@ def _add_common_options(parser: argparse.ArgumentParser, top_level: bool) -> Non
                         help="shut down when the process that started the supervisor dies")
     parser.add_argument("--allow-fault-injection", action="store_true", default=default(False),
                         help="SIGUSR1 raises inside the main loop (to test self-respawn)")
+    parser.add_argument("--socket", default=default(None), metavar="PATH",
+                        help="control socket (default: the config's supervisor.control_socket)")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="status: print JSON instead of a table")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -2358,9 +2923,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     for name, summary in (("run", "load the config and supervise its services"),
-                          ("check", "validate the config and exit (0 = valid, 2 = errors)")):
-        _add_common_options(commands.add_parser(name, help=summary, description=summary),
-                            top_level=False)
+                          ("check", "validate the config and exit (0 = valid, 2 = errors)"),
+                          ("status", "show the services of the running supervisor"),
+                          ("start", "start services"), ("stop", "stop services"),
+                          ("restart", "stop services, then start them"),
+                          ("reload", "re-read the config and apply only what changed"),
+                          ("reexec", "re-execute the supervisor; services keep running"),
+                          ("shutdown", "stop every service and the supervisor")):
+        command = commands.add_parser(name, help=summary, description=summary)
+        _add_common_options(command, top_level=False)
+        if name in ("status", "start", "stop", "restart"):
+            command.add_argument("names", nargs="*" if name == "status" else "+",
+                                 metavar="NAME")
     return parser
 
 
@@ -2374,7 +2948,67 @@ def main(argv: Optional[List[str]] = None) -> int:
             return EXIT_USAGE
         print("%s: OK (%d services)" % (args.config, len(config.services)))
         return EXIT_OK
-    return Runner(args).run()
+    if args.command == "run":
+        return Runner(args).run()
+    return control_command(args)
+
+
+def control_command(args: argparse.Namespace) -> int:
+    """Send one command to the running supervisor and print what it answers."""
+    path = args.socket
+    if path is None:
+        try:
+            path = load_config(args.config).supervisor.control_socket
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_USAGE
+        if path is None:
+            print("%s: supervisor.control_socket is not set, and no --socket was given"
+                  % args.config, file=sys.stderr)
+            return EXIT_UNREACHABLE
+    request = {"cmd": args.command, "args": {"names": getattr(args, "names", [])}}
+    try:
+        reply = control_request(path, request)
+    except Unreachable as exc:
+        print("cannot reach a running supervisor: %s" % exc, file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if not reply.get("ok"):
+        print("error: %s" % reply.get("error"), file=sys.stderr)
+        return EXIT_USAGE if "unknown service" in str(reply.get("error")) else EXIT_FAILURE
+    result = reply.get("result")
+    if args.command == "status" and not args.json:
+        print(format_status(result))
+    elif isinstance(result, dict) and not args.json:
+        for key, value in result.items():
+            print("%s: %s" % (key, ", ".join(value) if isinstance(value, list) else value))
+    else:
+        print(result if isinstance(result, str) else json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+def format_status(rows: List[Dict[str, Any]]) -> str:
+    """The ``status`` table: one line per service."""
+    def uptime(seconds: Optional[float]) -> str:
+        if seconds is None:
+            return "-"
+        minutes, secs = divmod(int(seconds), 60)
+        hours, minutes = divmod(minutes, 60)
+        return "%d:%02d:%02d" % (hours, minutes, secs)
+
+    def last_exit(info: Optional[Dict[str, Any]]) -> str:
+        if not info:
+            return "-"
+        return info["signal"] or "exit %s" % info["returncode"]
+
+    header = ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "RSS", "CPU"]
+    table = [header] + [[
+        row["name"], row["state"], str(row["pid"] or "-"), uptime(row["uptime"]),
+        str(row["restarts"]), last_exit(row["last_exit"]),
+        "%.1fM" % (row["rss"] / 1e6) if "rss" in row else "-",
+        "%.2fs" % row["cpu"] if "cpu" in row else "-"] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                     for line in table)
 
 
 if __name__ == "__main__":

@@ -383,3 +383,19 @@ def test_unknown_user_is_a_failed_start(supervisor_factory, dummy_service):
     )
     error = handle.wait_for("spawn_failed", "u")["error"]
     assert error == "LookupError: user: no such user 'no-such-user-xyz'"
+
+
+@posix_only
+def test_output_keeps_flowing_across_a_reexec(supervisor_factory, dummy_service):
+    handle = supervisor_factory.spawn({"services": {"beat": {
+        "command": dummy_service(heartbeat=0.05, name="beat")}}})
+    pid = handle.pid_of("beat")
+    handle.signal("SIGUSR2")
+    assert handle.wait_for("adopted", "beat")["pid"] == pid
+
+    def beats():
+        return sum(line.startswith("beat | ") for line in handle.log_lines())
+
+    after_exec = beats()
+    wait_until(lambda: beats() >= after_exec + 5, "heartbeats after the re-exec")
+    assert not events_of(handle, "exited")

@@ -391,7 +391,7 @@ def test_handoff_state_round_trips_into_adoption():
     manager.start_service("b")
     manager.processes.exit(manager.services["b"].pid, returncode=1)
     step(manager, clock)
-    state = supervisor.json.loads(supervisor.json.dumps(manager.handoff_state([1.0], 42, "text")))
+    state = supervisor.json.loads(supervisor.json.dumps(manager.handoff_state([1.0], 42)))
     adopter, seen, adopter_clock = make_manager(
         {"a": {"command": "x"}, "b": {"command": "x", "restart_delay": 30}}
     )

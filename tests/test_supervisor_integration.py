@@ -3,6 +3,7 @@
 Every handle from ``supervisor_factory`` is torn down by the plugin, which fails the test
 if anything the supervisor started is still alive afterwards.
 """
+
 import os
 import signal
 import sys
@@ -12,8 +13,9 @@ import psutil
 import pytest
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and sessions")
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="child subreaper is Linux-only")
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="child subreaper is Linux-only"
+)
 
 
 def names(handle, service=None):
@@ -50,8 +52,10 @@ def wait_until(condition, what, timeout=10.0):
 
 def wait_for_daemon(pids_file):
     """The pids a dummy wrote, once its daemon (started asynchronously) has added its own."""
-    wait_until(lambda: pids_file.exists() and "daemon" in read_pids(pids_file),
-               "the dummy's daemon to write its pid")
+    wait_until(
+        lambda: pids_file.exists() and "daemon" in read_pids(pids_file),
+        "the dummy's daemon to write its pid",
+    )
     return read_pids(pids_file)
 
 
@@ -68,8 +72,9 @@ def wait_gone(pids, timeout=10.0):
 
 
 def test_always_service_is_respawned_after_sigkill(supervisor_factory, dummy_service):
-    handle = supervisor_factory.spawn({"services": {"web": {
-        "command": dummy_service(), "restart": "always"}}})
+    handle = supervisor_factory.spawn(
+        {"services": {"web": {"command": dummy_service(), "restart": "always"}}}
+    )
     old = handle.kill("web")
     new = handle.assert_respawned("web", within=5.0)
     assert new != old
@@ -78,9 +83,18 @@ def test_always_service_is_respawned_after_sigkill(supervisor_factory, dummy_ser
 
 
 def test_on_failure_retries_with_the_delay_then_gives_up(supervisor_factory, dummy_service):
-    handle = supervisor_factory.spawn({"services": {"flaky": {
-        "command": dummy_service(exit_after=0.1, exit_code=3), "restart": "on-failure",
-        "max_retries": 3, "restart_delay": 0.5}}})
+    handle = supervisor_factory.spawn(
+        {
+            "services": {
+                "flaky": {
+                    "command": dummy_service(exit_after=0.1, exit_code=3),
+                    "restart": "on-failure",
+                    "max_retries": 3,
+                    "restart_delay": 0.5,
+                }
+            }
+        }
+    )
     gave_up = handle.wait_for("gave_up", "flaky", timeout=20)
     assert gave_up["retries"] == 3
     flaky = [e for e in handle.events if e["service"] == "flaky"]
@@ -95,8 +109,9 @@ def test_on_failure_retries_with_the_delay_then_gives_up(supervisor_factory, dum
 
 
 def test_given_up_service_costs_nothing_afterwards(supervisor_factory, dummy_service):
-    handle = supervisor_factory.spawn({"services": {"broken": {
-        "command": dummy_service(crash_at_start=True), "max_retries": 2}}})
+    handle = supervisor_factory.spawn(
+        {"services": {"broken": {"command": dummy_service(crash_at_start=True), "max_retries": 2}}}
+    )
     handle.wait_for("gave_up", "broken", timeout=20)
     count = len(handle.events)
     supervisor_process = psutil.Process(handle.pid)
@@ -109,18 +124,32 @@ def test_given_up_service_costs_nothing_afterwards(supervisor_factory, dummy_ser
 
 
 def test_on_failure_does_not_restart_a_success_exit(supervisor_factory, dummy_service):
-    handle = supervisor_factory.spawn({"services": {"job": {
-        "command": dummy_service(exit_after=0.1, exit_code=4), "success_exit_codes": [0, 4]}}})
+    handle = supervisor_factory.spawn(
+        {
+            "services": {
+                "job": {
+                    "command": dummy_service(exit_after=0.1, exit_code=4),
+                    "success_exit_codes": [0, 4],
+                }
+            }
+        }
+    )
     exited = handle.wait_for("exited", "job")
     assert exited["expected"] is True and exited["returncode"] == 4
     handle.assert_not_respawned("job", for_=0.5)
 
 
 def test_missing_command_is_a_failed_start_and_the_rest_keeps_running(
-        supervisor_factory, dummy_service):
-    handle = supervisor_factory.spawn({"services": {
-        "missing": {"command": ["/nonexistent/bin/service"], "max_retries": 1},
-        "healthy": {"command": dummy_service()}}})
+    supervisor_factory, dummy_service
+):
+    handle = supervisor_factory.spawn(
+        {
+            "services": {
+                "missing": {"command": ["/nonexistent/bin/service"], "max_retries": 1},
+                "healthy": {"command": dummy_service()},
+            }
+        }
+    )
     failed = handle.wait_for("spawn_failed", "missing")
     assert "No such file or directory" in failed["error"]
     assert handle.wait_for("gave_up", "missing")["retries"] == 1
@@ -133,17 +162,28 @@ def test_command_without_permission_is_a_failed_start(supervisor_factory, tmp_pa
     script = tmp_path / "not-executable.sh"
     script.write_text("#!/bin/sh\nsleep 10\n")
     script.chmod(0o644)
-    handle = supervisor_factory.spawn({"services": {"locked": {
-        "command": [str(script)], "max_retries": 0}}})
+    handle = supervisor_factory.spawn(
+        {"services": {"locked": {"command": [str(script)], "max_retries": 0}}}
+    )
     assert "Permission denied" in handle.wait_for("spawn_failed", "locked")["error"]
 
 
 @posix_only
-def test_stop_kills_grandchildren_and_an_escaped_daemon(supervisor_factory, dummy_service,
-                                                        tmp_path):
+def test_stop_kills_grandchildren_and_an_escaped_daemon(
+    supervisor_factory, dummy_service, tmp_path
+):
     pids_file = tmp_path / "pids"
-    handle = supervisor_factory.spawn({"services": {"tree": {"command": dummy_service(
-        grandchildren=2, daemon=True, pids_file=pids_file, ready_line="up")}}})
+    handle = supervisor_factory.spawn(
+        {
+            "services": {
+                "tree": {
+                    "command": dummy_service(
+                        grandchildren=2, daemon=True, pids_file=pids_file, ready_line="up"
+                    )
+                }
+            }
+        }
+    )
     handle.pid_of("tree")
     pids = wait_for_daemon(pids_file)
     daemon = psutil.Process(pids["daemon"][0])
@@ -157,12 +197,22 @@ def test_stop_kills_grandchildren_and_an_escaped_daemon(supervisor_factory, dumm
 
 
 @posix_only
-def test_sigterm_ignoring_service_is_sigkilled_after_stop_timeout(supervisor_factory,
-                                                                  dummy_service, tmp_path):
+def test_sigterm_ignoring_service_is_sigkilled_after_stop_timeout(
+    supervisor_factory, dummy_service, tmp_path
+):
     ready = tmp_path / "ready"
-    handle = supervisor_factory.spawn({"services": {"stubborn": {
-        "command": dummy_service(ignore_sigterm=True, grandchildren=1, ready_file=ready),
-        "stop_timeout": 1.0}}})
+    handle = supervisor_factory.spawn(
+        {
+            "services": {
+                "stubborn": {
+                    "command": dummy_service(
+                        ignore_sigterm=True, grandchildren=1, ready_file=ready
+                    ),
+                    "stop_timeout": 1.0,
+                }
+            }
+        }
+    )
     wait_until(ready.exists, "the dummy to ignore SIGTERM")
     handle.signal("SIGTERM")
     stopping = handle.wait_for("stopping", "stubborn")
@@ -192,8 +242,16 @@ def test_graceful_shutdown_stops_every_service_first(supervisor_factory, dummy_s
 @posix_only
 def test_second_sigint_kills_immediately(supervisor_factory, dummy_service, tmp_path):
     ready = tmp_path / "ready"
-    handle = supervisor_factory.spawn({"services": {"slow": {
-        "command": dummy_service(shutdown_delay=30, ready_file=ready), "stop_timeout": 60}}})
+    handle = supervisor_factory.spawn(
+        {
+            "services": {
+                "slow": {
+                    "command": dummy_service(shutdown_delay=30, ready_file=ready),
+                    "stop_timeout": 60,
+                }
+            }
+        }
+    )
     wait_until(ready.exists, "the dummy to handle SIGINT")
     handle.signal("SIGINT")
     handle.wait_for("stopping", "slow")
@@ -206,11 +264,16 @@ def test_second_sigint_kills_immediately(supervisor_factory, dummy_service, tmp_
 
 
 @posix_only
-def test_self_respawn_keeps_services_and_still_respawns_them(supervisor_factory,
-                                                            dummy_service):
-    handle = supervisor_factory.spawn({"services": {
-        "a": {"command": dummy_service(), "restart": "always"},
-        "b": {"command": dummy_service(), "restart": "always"}}}, fault_injection=True)
+def test_self_respawn_keeps_services_and_still_respawns_them(supervisor_factory, dummy_service):
+    handle = supervisor_factory.spawn(
+        {
+            "services": {
+                "a": {"command": dummy_service(), "restart": "always"},
+                "b": {"command": dummy_service(), "restart": "always"},
+            }
+        },
+        fault_injection=True,
+    )
     before = {name: handle.pid_of(name) for name in ("a", "b")}
     supervisor_pid = handle.pid
     handle.signal("SIGUSR1")
@@ -229,15 +292,20 @@ def test_self_respawn_keeps_services_and_still_respawns_them(supervisor_factory,
 
 @posix_only
 def test_self_respawn_limit_stops_everything_and_exits_1(supervisor_factory, dummy_service):
-    handle = supervisor_factory.spawn({
-        "supervisor": {"self_respawn": {"max": 2, "window": 60}},
-        "services": {"a": {"command": dummy_service()}}}, fault_injection=True)
+    handle = supervisor_factory.spawn(
+        {
+            "supervisor": {"self_respawn": {"max": 2, "window": 60}},
+            "services": {"a": {"command": dummy_service()}},
+        },
+        fault_injection=True,
+    )
     service_pid = handle.pid_of("a")
     for count in (1, 2):
         since = time.monotonic()
         handle.signal("SIGUSR1")
-        handle.wait_for("supervisor_started", since=since,
-                        predicate=lambda e, c=count: e["respawn_count"] == c)
+        handle.wait_for(
+            "supervisor_started", since=since, predicate=lambda e, c=count: e["respawn_count"] == c
+        )
         handle.wait_for("adopted", "a", since=since)
     handle.signal("SIGUSR1")
     assert handle.wait_exit(timeout=15) == 1
@@ -248,8 +316,9 @@ def test_self_respawn_limit_stops_everything_and_exits_1(supervisor_factory, dum
 
 @posix_only
 def test_sigterm_during_a_self_respawn_is_not_lost(supervisor_factory, dummy_service):
-    handle = supervisor_factory.spawn({"services": {"a": {"command": dummy_service()}}},
-                                      fault_injection=True)
+    handle = supervisor_factory.spawn(
+        {"services": {"a": {"command": dummy_service()}}}, fault_injection=True
+    )
     handle.pid_of("a")
     handle.signal("SIGUSR1")
     handle.signal("SIGTERM")  # lands before, during or after the exec
@@ -269,8 +338,16 @@ def test_reexec_on_sigusr2_keeps_services(supervisor_factory, dummy_service):
 
 @posix_only
 def test_sigterm_during_backoff_exits_cleanly(supervisor_factory, dummy_service):
-    handle = supervisor_factory.spawn({"services": {"later": {
-        "command": dummy_service(exit_after=0.05, exit_code=1), "restart_delay": 30}}})
+    handle = supervisor_factory.spawn(
+        {
+            "services": {
+                "later": {
+                    "command": dummy_service(exit_after=0.05, exit_code=1),
+                    "restart_delay": 30,
+                }
+            }
+        }
+    )
     handle.wait_for("restart_scheduled", "later")
     handle.signal("SIGTERM")
     assert handle.wait_exit(timeout=15) == 0
@@ -282,9 +359,14 @@ def test_sigterm_during_backoff_exits_cleanly(supervisor_factory, dummy_service)
 def test_sigterm_at_any_moment_of_a_crash_storm(supervisor_factory, dummy_service, moment):
     """Ten services dying every few milliseconds; SIGTERM lands after a varying number of
     spawns, so across the parameters it hits spawning, reaping and backoff alike."""
-    services = {"c%d" % i: {"command": dummy_service(exit_after=0.005 * (i % 3)),
-                            "restart": "always", "max_retries": None}
-                for i in range(10)}
+    services = {
+        "c%d" % i: {
+            "command": dummy_service(exit_after=0.005 * (i % 3)),
+            "restart": "always",
+            "max_retries": None,
+        }
+        for i in range(10)
+    }
     handle = supervisor_factory.spawn({"services": services})
     handle.wait_for("spawned", timeout=30, predicate=nth(10 + moment * 7))
     handle.signal("SIGTERM")
@@ -311,8 +393,15 @@ def test_hundred_services_start_and_stop_cleanly(supervisor_factory):
 @linux_only
 def test_supervisor_reaps_orphans_as_a_subreaper(supervisor_factory, dummy_service, tmp_path):
     pids_file = tmp_path / "pids"
-    handle = supervisor_factory.spawn({"services": {"forker": {
-        "command": dummy_service(daemon=True, pids_file=pids_file, ready_line="up")}}})
+    handle = supervisor_factory.spawn(
+        {
+            "services": {
+                "forker": {
+                    "command": dummy_service(daemon=True, pids_file=pids_file, ready_line="up")
+                }
+            }
+        }
+    )
     handle.pid_of("forker")
     daemon = wait_for_daemon(pids_file)["daemon"][0]
     assert psutil.Process(daemon).ppid() == handle.pid

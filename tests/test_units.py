@@ -1,5 +1,6 @@
 """Unit tests of the original plan (§4.1): ServiceManager with Popen, killpg and waitpid mocked,
 respawn_self() with execv mocked, and log() formatting."""
+
 import json
 import os
 import signal
@@ -32,8 +33,9 @@ def fake_popen(pid):
 
 
 def test_start_service_runs_the_command_in_a_new_session():
-    manager, seen = make_manager({"web": {"command": ["server", "--port", "80"],
-                                          "env": {"MODE": "test"}, "cwd": "/tmp"}})
+    manager, seen = make_manager(
+        {"web": {"command": ["server", "--port", "80"], "env": {"MODE": "test"}, "cwd": "/tmp"}}
+    )
     with mock.patch("supervisor.subprocess.Popen", return_value=fake_popen(4242)) as popen:
         manager.start_service("web")
     args, kwargs = popen.call_args
@@ -59,14 +61,17 @@ def test_start_service_that_cannot_start_emits_spawn_failed_and_survives():
     with mock.patch("supervisor.subprocess.Popen", side_effect=error):
         manager.start_service("bad")
     assert [e["event"] for e in seen] == ["spawn_failed", "gave_up"]
-    assert seen[0]["error"] == ("FileNotFoundError: [Errno 2] No such file or directory: "
-                                "'nothing-here'")
+    assert seen[0]["error"] == (
+        "FileNotFoundError: [Errno 2] No such file or directory: 'nothing-here'"
+    )
 
 
 def test_fork_failure_eagain_is_a_failed_start():
     manager, seen = make_manager({"busy": {"command": "x", "max_retries": 0}})
-    with mock.patch("supervisor.subprocess.Popen",
-                    side_effect=BlockingIOError(11, "Resource temporarily unavailable")):
+    with mock.patch(
+        "supervisor.subprocess.Popen",
+        side_effect=BlockingIOError(11, "Resource temporarily unavailable"),
+    ):
         manager.start_service("busy")
     assert seen[0]["event"] == "spawn_failed"
     assert "Resource temporarily unavailable" in seen[0]["error"]
@@ -76,8 +81,9 @@ def test_stop_service_signals_the_process_group():
     manager, seen = make_manager({"web": {"command": "x", "stop_signal": "SIGINT"}})
     with mock.patch("supervisor.subprocess.Popen", return_value=fake_popen(4242)):
         manager.start_service("web")
-    with mock.patch("supervisor.os.killpg") as killpg, \
-            mock.patch.object(manager.processes, "tagged_processes", return_value={}):
+    with mock.patch("supervisor.os.killpg") as killpg, mock.patch.object(
+        manager.processes, "tagged_processes", return_value={}
+    ):
         manager.stop_service("web")
     killpg.assert_called_once_with(4242, signal.SIGINT)
     assert seen[-1]["event"] == "stopping" and seen[-1]["signal"] == "SIGINT"
@@ -107,31 +113,35 @@ def test_monitor_services_reports_the_killing_signal():
 
 
 def test_respawn_self_execs_the_same_interpreter_and_arguments():
-    with mock.patch("supervisor.os.execv") as execv, \
-            mock.patch("supervisor.signal.pthread_sigmask") as sigmask, \
-            mock.patch.object(sys, "argv", ["supervisor.py", "run", "-c", "x.yaml"]):
+    with mock.patch("supervisor.os.execv") as execv, mock.patch(
+        "supervisor.signal.pthread_sigmask"
+    ) as sigmask, mock.patch.object(sys, "argv", ["supervisor.py", "run", "-c", "x.yaml"]):
         supervisor.respawn_self()
-    execv.assert_called_once_with(sys.executable,
-                                  [sys.executable, "supervisor.py", "run", "-c", "x.yaml"])
+    execv.assert_called_once_with(
+        sys.executable, [sys.executable, "supervisor.py", "run", "-c", "x.yaml"]
+    )
     sigmask.assert_called_once_with(signal.SIG_BLOCK, supervisor.EXEC_BLOCKED_SIGNALS)
     assert signal.SIGTERM in supervisor.EXEC_BLOCKED_SIGNALS
     assert signal.SIGCHLD in supervisor.EXEC_BLOCKED_SIGNALS
 
 
 def test_respawn_self_unblocks_signals_when_exec_fails():
-    with mock.patch("supervisor.os.execv", side_effect=OSError(8, "Exec format error")), \
-            mock.patch("supervisor.signal.pthread_sigmask") as sigmask:
+    with mock.patch("supervisor.os.execv", side_effect=OSError(8, "Exec format error")), mock.patch(
+        "supervisor.signal.pthread_sigmask"
+    ) as sigmask:
         with pytest.raises(OSError):
             supervisor.respawn_self()
-    assert sigmask.call_args_list[-1] == mock.call(signal.SIG_UNBLOCK,
-                                                   supervisor.EXEC_BLOCKED_SIGNALS)
+    assert sigmask.call_args_list[-1] == mock.call(
+        signal.SIG_UNBLOCK, supervisor.EXEC_BLOCKED_SIGNALS
+    )
 
 
 def test_log_text_format():
     line = supervisor.format_log_line(0.25, "warning", "pid 7 exited", "web", "text")
     assert line.endswith(".250 WARNING [web] pid 7 exited")
     assert supervisor.format_log_line(0.0, "info", "hello", None, "text").endswith(
-        ".000 INFO    hello")
+        ".000 INFO    hello"
+    )
 
 
 def test_log_json_format():
