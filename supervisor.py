@@ -2224,7 +2224,8 @@ class ServiceManager:
                     command, _did_you_mean(command, CONTROL_COMMANDS)))
             if not isinstance(args, dict):
                 raise ControlError("args: expected an object")
-            names = self._names(args.get("names", []), allow_empty=command == "status")
+            names = self._names(args.get("names", []),
+                                allow_empty=command not in ("start", "stop", "restart"))
             self._control_command(command, names, reply)
         except ControlError as exc:
             reply({"ok": False, "error": str(exc)})
@@ -2587,6 +2588,8 @@ class ControlServer:
                 self.listener.close()
                 if os.path.exists(self.path):
                     os.unlink(self.path)
+            else:
+                self.listener.detach()  # the descriptor stays open for the next image
             self.listener = None
 
     def _accept(self) -> None:
@@ -2834,8 +2837,11 @@ class Runner:
                 manager.clean_up_after_a_crash()
             manager.open_control(handoff["control"] if handoff else None)
         except (ControlError, OSError) as exc:
-            log("error", "cannot start: %s" % exc)
-            return EXIT_FAILURE
+            if handoff is None:
+                log("error", "cannot start: %s" % exc)
+                return EXIT_FAILURE
+            # services were handed over: supervising them matters more than being reachable
+            log("error", "control socket lost across the re-exec: %s" % exc)
         manager.start(handoff, respawn_count=respawn_count, config_path=self.config_path)
         unblock_signals()
         if parent_pid is not None:
