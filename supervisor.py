@@ -1746,7 +1746,10 @@ class ServiceManager:
 
     def stop_service(self, name: str) -> None:
         """Stop ``name``: stop signal to its group, SIGKILL to its whole tree after the timeout."""
-        self._begin_stop([self.services[name]])
+        service = self.services[name]
+        if service in self._awaiting:
+            self._awaiting.remove(service)  # it was waiting for its dependencies: not any more
+        self._begin_stop([service])
 
     def _find_dependents(self) -> None:
         self._dependents = {name: [] for name in self.services}
