@@ -1720,7 +1720,6 @@ class ServiceManager:
         self._pending_signals: List[int] = []
         self._selector = selectors.DefaultSelector()
         self._wakeup: Optional[Tuple[socket.socket, socket.socket]] = None
-        self._shutdown_timer: Optional[Timer] = None
         self._recheck: Optional[Timer] = None
         self._pipes: Dict[int, OutputPipe] = {}
         self._files: Dict[str, RotatingFile] = {}
@@ -1796,7 +1795,7 @@ class ServiceManager:
         self._awaiting.clear()
         self._stop_waves()
         timeout = self.config.supervisor.shutdown_timeout
-        self._shutdown_timer = self.timers.call_later(timeout, self._shutdown_expired)
+        self.timers.call_later(timeout, self._shutdown_expired)
 
     # -- starting up
 
@@ -2022,7 +2021,9 @@ class ServiceManager:
         fd = self.processes.watch(pid)
         if fd is not None:
             self._watches[pid] = fd
-            self._selector.register(fd, selectors.EVENT_READ, _nothing)
+            # A pidfd stays readable once its process exited (a zombie another process has
+            # yet to reap, say): drop it at once, the monitoring pass that follows does the rest.
+            self._selector.register(fd, selectors.EVENT_READ, lambda: self._unwatch(pid))
 
     def _unwatch(self, pid: int) -> None:
         fd = self._watches.pop(pid, None)
@@ -2183,7 +2184,7 @@ class ServiceManager:
         stopping = [s for s in self.services.values() if s.state is State.STOPPING]
         log("error", "shutdown_timeout reached; killing %d services" % len(stopping))
         self._force_kill(stopping)
-        self._shutdown_timer = self.timers.call_later(FINAL_REAP_GRACE, self._abandon)
+        self.timers.call_later(FINAL_REAP_GRACE, self._abandon)
 
     def _abandon(self) -> None:
         left = [s.name for s in self.services.values() if s.state is State.STOPPING]
@@ -2480,10 +2481,6 @@ def _drain(sock: socket.socket) -> None:
             pass
     except (BlockingIOError, InterruptedError):
         pass
-
-
-def _nothing() -> None:
-    """Selector callback for wake-ups whose work is done by the next monitoring pass."""
 
 
 # --------------------------------------------------------------------------- control socket
