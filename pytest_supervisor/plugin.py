@@ -1,0 +1,204 @@
+"""pytest hooks and fixtures: options, markers and fixtures wired to the plain classes.
+
+Registered through ``pytest_supervisor.pytest_plugins``, so it is loaded exactly once
+however the package itself was loaded.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Iterator, NamedTuple
+
+import pytest
+
+from pytest_supervisor import settings as settings_module
+from pytest_supervisor.dummy_command import DummyService
+from pytest_supervisor.errors import HarnessUsageError, LaunchError, TeardownFailed
+from pytest_supervisor.factory import SupervisorFactory, default_supervisor_command
+from pytest_supervisor.handle import SupervisorHandle
+from pytest_supervisor.settings import PHASES, PluginSettings, Setting
+
+SETTINGS_KEY = pytest.StashKey[PluginSettings]()
+
+
+class _Option(NamedTuple):
+    flag: str  # on the command line
+    ini: str  # in the ini file; also the option's dest
+    keyword: str  # of settings.parse()
+    description: str
+
+
+_OPTIONS = (
+    _Option(
+        "--supervisor-cmd",
+        "supervisor_cmd",
+        "supervisor_cmd",
+        "command that runs the supervisor under test, split like a shell would"
+        " ('run -c CONFIG ...' is appended). Default: this distribution's supervisor.py.",
+    ),
+    _Option(
+        "--supervisor-report",
+        "supervisor_report",
+        "report_dir",
+        "folder for the CI reports. Default: reports/ in the rootdir.",
+    ),
+    _Option(
+        "--scenarios",
+        "supervisor_scenarios",
+        "scenarios_dir",
+        "folder of YAML scenario files to collect. Default: scenarios/ in the rootdir.",
+    ),
+    _Option(
+        "--phase",
+        "supervisor_phase",
+        "phase",
+        f"run only tests marked with these phases ({', '.join(PHASES)}; comma-separated)."
+        " Tests without a phase marker always run.",
+    ),
+    _Option(
+        "--stress-scale",
+        "supervisor_stress_scale",
+        "stress_scale",
+        "multiplier for the size and duration of stress tests. Default: 1.0.",
+    ),
+)
+
+_MARKERS = (
+    (
+        "supervisor_config(config, **options): config (dict or path of a YAML file) and"
+        " SupervisorFactory.spawn() options for the `supervisor` fixture"
+    ),
+    "unit: a unit-phase test (selected by --phase unit)",
+    "integration: an integration-phase test (selected by --phase integration)",
+    "stress: a stress-phase test (selected by --phase stress)",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("supervisor", "pytest-supervisor")
+    for option in _OPTIONS:
+        group.addoption(option.flag, dest=option.ini, default=None, help=option.description)
+        parser.addini(option.ini, help=f"{option.description} (ini form of {option.flag})")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in _MARKERS:
+        config.addinivalue_line("markers", marker)
+    raw = {option.keyword: _setting(config, option) for option in _OPTIONS}
+    try:
+        config.stash[SETTINGS_KEY] = settings_module.parse(config.rootpath, **raw)
+    except settings_module.SettingsError as error:
+        raise pytest.UsageError(f"pytest-supervisor: {error}") from None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    try:
+        command = get_settings(config).supervisor_cmd or default_supervisor_command()
+    except LaunchError:
+        return (
+            "supervisor under test: none found (install pytest-supervisor or pass --supervisor-cmd)"
+        )
+    return f"supervisor under test: {shlex.join(command)}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    settings = get_settings(config)
+    if settings.phases is None:
+        return
+    kept: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        phases = {name for name in PHASES if item.get_closest_marker(name) is not None}
+        (kept if settings.selects(phases) else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
+def get_settings(config: pytest.Config) -> PluginSettings:
+    """The validated options of this run (for other plugins and scenario collection)."""
+    return config.stash[SETTINGS_KEY]
+
+
+def _setting(config: pytest.Config, option: _Option) -> Setting | None:
+    """The option's raw value and its origin: the command line, else the ini file."""
+    value = config.getoption(option.ini)
+    if value is not None:
+        return Setting(option.flag, value, "command line", config.invocation_params.dir)
+    value = config.getini(option.ini)
+    if value:
+        inipath = config.inipath
+        origin, base = (inipath.name, inipath.parent) if inipath else ("ini file", config.rootpath)
+        return Setting(option.ini, value, origin, base)
+    return None
+
+
+@pytest.fixture
+def supervisor_factory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SupervisorFactory]:
+    """Spawns supervisors (``spawn(config, **options)``); all are torn down after the test."""
+    settings = get_settings(request.config)
+    try:
+        command = settings.supervisor_cmd or default_supervisor_command()
+    except LaunchError as error:
+        pytest.fail(str(error), pytrace=False)
+    factory = SupervisorFactory(
+        tmp_path_factory.mktemp("supervisor"),
+        command=command,
+        record=lambda name, value: request.node.user_properties.append((name, value)),
+        unsupported=pytest.skip,
+    )
+    yield factory
+    try:
+        factory.close()
+    except TeardownFailed as failed:
+        pytest.fail(str(failed), pytrace=False)
+
+
+@pytest.fixture
+def supervisor_config() -> object:
+    """The `supervisor` fixture's config when the test has no supervisor_config marker.
+
+    Override it (in a conftest or test module) to build the config from other fixtures.
+    """
+    pytest.fail(
+        "the `supervisor` fixture needs a config: mark the test with"
+        " @pytest.mark.supervisor_config({...}) or define a `supervisor_config` fixture",
+        pytrace=False,
+    )
+
+
+@pytest.fixture
+def supervisor(
+    request: pytest.FixtureRequest, supervisor_factory: SupervisorFactory
+) -> SupervisorHandle:
+    """A supervisor started on the config of ``@pytest.mark.supervisor_config(...)``."""
+    marker = request.node.get_closest_marker("supervisor_config")
+    if marker is None:
+        return supervisor_factory.spawn(request.getfixturevalue("supervisor_config"))
+    if len(marker.args) != 1:
+        pytest.fail(
+            f"@pytest.mark.supervisor_config takes one config (a dict or a path) and spawn"
+            f" options as keywords; got {len(marker.args)} positional arguments",
+            pytrace=False,
+        )
+    try:
+        return supervisor_factory.spawn(marker.args[0], **marker.kwargs)
+    except (TypeError, HarnessUsageError) as error:
+        pytest.fail(f"@pytest.mark.supervisor_config: {error}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def dummy_service() -> DummyService:
+    """Builds commands for the dummy service: ``dummy_service(exit_after=1, exit_code=3)``."""
+    try:
+        return DummyService.locate()
+    except HarnessUsageError as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def stress_scale(pytestconfig: pytest.Config) -> float:
+    """The --stress-scale multiplier for stress test sizes and durations."""
+    return get_settings(pytestconfig).stress_scale

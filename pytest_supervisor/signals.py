@@ -1,0 +1,135 @@
+"""Signals by portable name, mapped once to what the running OS can deliver.
+
+Tests say what they mean -- ``graceful_stop``, ``hard_kill``, ``reload``,
+``interrupt`` (and ``reexec``, ``inject_fault`` for the self-respawn paths) -- and
+:func:`resolve` turns that into the signal this OS uses for it. Where the OS has no
+equivalent, :class:`SignalUnavailable` says so in words; the pytest plugin turns it
+into a skip with that reason.
+
+The split is decided by a capability probe, not a platform name: where ``os.kill``
+delivers console control events (``signal.CTRL_BREAK_EVENT`` exists, i.e. Windows)
+there are no POSIX signals to send, whatever names the ``signal`` module defines.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Union
+
+PORTABLE_NAMES = ("graceful_stop", "hard_kill", "reload", "interrupt", "reexec", "inject_fault")
+
+# Names a test may use on any OS; those this OS lacks are unavailable, not misspelt.
+POSIX_NAMES = (
+    "SIGHUP",
+    "SIGINT",
+    "SIGQUIT",
+    "SIGKILL",
+    "SIGTERM",
+    "SIGUSR1",
+    "SIGUSR2",
+    "SIGSTOP",
+    "SIGCONT",
+    "SIGTSTP",
+    "SIGABRT",
+    "SIGALRM",
+    "SIGPIPE",
+    "SIGCHLD",
+)
+
+SignalSpec = Union[str, int, signal.Signals]
+
+
+class SignalUnavailable(Exception):
+    """The running OS has no way to deliver the requested signal."""
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A deliverable signal: the name messages use and the number ``os.kill`` takes."""
+
+    name: str
+    number: int
+
+    def send(self, pid: int) -> None:
+        os.kill(pid, self.number)
+
+
+# What each portable name means on a POSIX system (supervisor contract, SPEC section 2).
+_POSIX_MEANINGS: dict[str, str] = {
+    "graceful_stop": "SIGTERM",
+    "hard_kill": "SIGKILL",
+    "reload": "SIGHUP",
+    "interrupt": "SIGINT",
+    "reexec": "SIGUSR2",
+    "inject_fault": "SIGUSR1",
+}
+
+# Why a portable name has no equivalent where os.kill sends console control events.
+_CONSOLE_GAPS: dict[str, str] = {
+    "reload": "has no reload signal; use the `reload` control command",
+    "interrupt": (
+        "cannot send CTRL_C_EVENT to one process group (it reaches every process on"
+        " the console, pytest included)"
+    ),
+    "reexec": "has no re-exec signal; use the `reexec` control command",
+    "inject_fault": "has no fault-injection signal; use the control command",
+}
+
+_CTRL_BREAK_EVENT: int | None = getattr(signal, "CTRL_BREAK_EVENT", None)
+
+
+def _console_signal(name: str, ctrl_break: int) -> Signal:
+    if name == "graceful_stop":
+        return Signal("CTRL_BREAK_EVENT", ctrl_break)
+    if name == "hard_kill":
+        # os.kill() calls TerminateProcess for any value that is not one of the two
+        # console control events: the equivalent of SIGKILL.
+        return Signal("TerminateProcess", int(signal.SIGTERM))
+    if name in _CONSOLE_GAPS:
+        raise SignalUnavailable(f"{name}: {sys.platform} {_CONSOLE_GAPS[name]}")
+    raise SignalUnavailable(
+        f"{name}: {sys.platform} delivers console control events, not POSIX signals;"
+        f" use graceful_stop or hard_kill"
+    )
+
+
+def _posix_signal(name: str) -> Signal:
+    os_name = _POSIX_MEANINGS.get(name, name)
+    number = getattr(signal, os_name, None)
+    if not isinstance(number, int):
+        raise SignalUnavailable(f"{name}: {sys.platform} has no signal {os_name}")
+    return Signal(os_name, int(number))
+
+
+def _check_known(name: str) -> None:
+    # A misspelt name must fail the test, not turn into a skip.
+    if name in PORTABLE_NAMES or name in POSIX_NAMES:
+        return
+    close = difflib.get_close_matches(name, PORTABLE_NAMES + POSIX_NAMES, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(
+        f"unknown signal {name!r}.{hint} Use a portable name ({', '.join(PORTABLE_NAMES)}),"
+        f" a POSIX name such as 'SIGTERM', or a number."
+    )
+
+
+def resolve(spec: SignalSpec) -> Signal:
+    """Return the deliverable signal for a portable name, a POSIX name or a number.
+
+    Raises ``ValueError`` for a name nobody defines and :class:`SignalUnavailable`
+    for one this OS cannot deliver.
+    """
+    if isinstance(spec, int):
+        try:
+            return Signal(signal.Signals(spec).name, int(spec))
+        except ValueError:
+            return Signal(f"signal {int(spec)}", int(spec))
+    name = str(spec)
+    _check_known(name)
+    if _CTRL_BREAK_EVENT is not None:
+        return _console_signal(name, _CTRL_BREAK_EVENT)
+    return _posix_signal(name)
