@@ -10,6 +10,8 @@ import pytest
 
 import supervisor as cfg
 
+pytestmark = pytest.mark.unit
+
 DEMO = """\
 supervisor:
   log_level: debug

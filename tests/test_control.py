@@ -16,6 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+pytestmark = pytest.mark.integration
+
 SUPERVISOR = str(Path(__file__).resolve().parent.parent / "supervisor.py")
 posix_only = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="unix sockets")
 

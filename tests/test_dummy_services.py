@@ -19,6 +19,8 @@ from typing import Callable, Iterator
 
 import pytest
 
+pytestmark = pytest.mark.integration
+
 DUMMY_SERVICES = Path(__file__).resolve().parent.parent / "dummy_services"
 # A bound for anything that should take well under a second, generous for a loaded CI box.
 PATIENCE = 10.0

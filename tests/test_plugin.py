@@ -14,6 +14,8 @@ import pytest
 
 from pytest_supervisor import DummyService
 
+pytestmark = pytest.mark.integration
+
 pytest_plugins = ["pytester"]
 
 

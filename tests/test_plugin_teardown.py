@@ -51,6 +51,8 @@ while True:
 HANGING_TEST = """
 import os, signal, threading
 
+pytestmark = pytest.mark.integration
+
 PIDS = {pids!r}
 
 def test_hangs(supervisor_factory, dummy_service, tmp_path):

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.integration
+
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX-only behaviour")
 
 

@@ -7,6 +7,8 @@ import pytest
 import supervisor
 from supervisor import TRANSITIONS, IllegalTransition, ServiceManager, State
 
+pytestmark = pytest.mark.unit
+
 
 class FakeClock:
     def __init__(self):

@@ -12,6 +12,8 @@ import time
 import psutil
 import pytest
 
+pytestmark = pytest.mark.integration
+
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and sessions")
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="child subreaper is Linux-only"

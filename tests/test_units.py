@@ -12,7 +12,8 @@ import pytest
 
 import supervisor
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process backend")
+pytestmark = [pytest.mark.unit,
+              pytest.mark.skipif(sys.platform == "win32", reason="POSIX process backend")]
 
 
 def make_manager(services):
