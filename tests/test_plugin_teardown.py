@@ -14,6 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+pytestmark = pytest.mark.integration
+
 pytest_plugins = ["pytester"]
 
 # Misbehaves the way its config's "misbehave" key says; stands in for a buggy supervisor.
@@ -50,8 +52,6 @@ while True:
 # says so on stdout, then hangs until something ends pytest.
 HANGING_TEST = """
 import os, signal, threading
-
-pytestmark = pytest.mark.integration
 
 PIDS = {pids!r}
 
