@@ -1765,7 +1765,7 @@ class ServiceManager:
         for pid, info in self.processes.reap():
             self._on_exit(pid, info)
         self.timers.run_due()
-        for service in self.services.values():
+        for service in list(self.services.values()):  # a stop may remove it (reload)
             if service.state is State.STOPPING:
                 self._check_stopped(service)
         if self._replies_after_stop:
@@ -2266,7 +2266,11 @@ class ServiceManager:
             self._replies_after_stop.append((services, lambda: reply(
                 {"ok": True, "result": {s.name: s.state.value for s in services}})))
         elif command == "reload":
-            reply({"ok": True, "result": self.reload()})
+            before = dict(self.services)
+            result = self.reload()
+            replaced = [before[name] for name in result["removed"] + result["changed"]]
+            self._replies_after_stop.append((replaced, lambda: reply(
+                {"ok": True, "result": result})))
         elif command == "shutdown":
             reply({"ok": True, "result": "shutting down"})
             self.shutdown()

@@ -160,7 +160,8 @@ def test_reload_applies_only_the_difference(supervisor_factory, dummy_service, c
         ["new"], ["drop"], ["change"])
     handle.wait_for("spawned", "new")
     assert handle.wait_for("stopped", "drop")["pid"] == pids["drop"]
-    assert handle.pid_of("change") != pids["change"]
+    respawned = handle.wait_for("spawned", "change", since=reloaded["mono"])
+    assert respawned["pid"] != pids["change"]
     assert handle.pid_of("keep") == pids["keep"]
     status = json.loads(cli("status", "--json", "--socket", str(sock)).stdout)
     assert [row["name"] for row in status] == ["keep", "change", "new"]

@@ -406,3 +406,22 @@ def test_handoff_state_round_trips_into_adoption():
     assert adopter.services["b"].retries == 1
     step(adopter, adopter_clock, 30)
     assert seen[-1]["event"] == "spawned" and seen[-1]["attempt"] == 2
+
+
+def test_reload_removes_a_stopped_service_during_a_monitoring_pass(tmp_path):
+    path = tmp_path / "services.yaml"
+    path.write_text('{"services": {"keep": {"command": "x"}, "drop": {"command": "x"}}}')
+    config = supervisor.load_config(str(path))
+    events = supervisor.EventStream(None)
+    seen = []
+    events.listeners.append(seen.append)
+    clock = FakeClock()
+    manager = ServiceManager(config, events, FakeProcesses(), clock)
+    manager.start_service("keep")
+    manager.start_service("drop")
+    path.write_text('{"services": {"keep": {"command": "x"}}}')
+    assert manager.reload() == {"added": [], "removed": ["drop"], "changed": []}
+    manager.processes.exit(manager.services["drop"].pid, signame="SIGTERM")
+    step(manager, clock)
+    assert list(manager.services) == ["keep"]
+    assert names(seen)[-2:] == ["reloaded", "stopped"]
