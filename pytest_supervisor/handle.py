@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, NoReturn
 
 import psutil
 
-from pytest_supervisor import diagnostics, processes, signals
+from pytest_supervisor import diagnostics, metrics, processes, signals
 from pytest_supervisor.errors import (
     HarnessUsageError,
     LaunchError,
@@ -139,6 +139,7 @@ class SupervisorHandle:
         self._seen: dict[int, float] = {}  # descendants ever seen: pid -> creation time
         self._launched_wall = 0.0
         self._launched_mono = 0.0
+        self._stop_requested: float | None = None  # the first graceful stop: shutdown time
         self._closed = False
 
     def __repr__(self) -> str:
@@ -281,6 +282,7 @@ class SupervisorHandle:
         """Send a signal (portable name, POSIX name or number) to the supervisor."""
         __tracebackhide__ = True
         resolved = self._resolve(sig)
+        self._note_stop_request(resolved)
         try:
             resolved.send(self.pid)
         except ProcessLookupError:
@@ -309,6 +311,10 @@ class SupervisorHandle:
                 f"service {service!r} pid {pid} was gone when {resolved.name} was sent", service
             ) from None
         self._pending_kills[service] = _Kill(pid, resolved.name, sent_at)
+        self._record(
+            metrics.KILL,
+            {"supervisor": self.name, "service": service, "pid": pid, "signal": resolved.name},
+        )
         return pid
 
     def stop(self, timeout: float | None = None) -> int:
@@ -323,6 +329,7 @@ class SupervisorHandle:
         timeout = self.spec.stop_timeout if timeout is None else timeout
         graceful = signals.resolve("graceful_stop")
         self.processes()
+        self._note_stop_request(graceful)
         try:
             graceful.send(self.pid)
         except ProcessLookupError:
@@ -360,6 +367,16 @@ class SupervisorHandle:
             return (kind == "spawned" and event.get("pid") != old_pid) or kind == "gave_up"
 
         found = self._stream.wait(first_match(outcome), start + within + EVENT_DELIVERY_GRACE)
+        if found is None or found["event"] == "gave_up":
+            self._record(
+                metrics.RESPAWN_MISSED,
+                {
+                    "supervisor": self.name,
+                    "service": service,
+                    "cause": cause,
+                    "outcome": "not respawned" if found is None else "given up",
+                },
+            )
         if found is None:
             raise self._failure(
                 f"service {service!r} was not respawned within {within:g}s of {cause}"
@@ -374,8 +391,14 @@ class SupervisorHandle:
             )
         latency = mono_of(found) - start
         self._record(
-            "respawn_latency",
-            {"supervisor": self.name, "service": service, "seconds": latency, "cause": cause},
+            metrics.RESPAWN_LATENCY,
+            {
+                "supervisor": self.name,
+                "service": service,
+                "seconds": latency,
+                "cause": cause,
+                "scheduled_delay": self._scheduled_delay(service, start, mono_of(found)),
+            },
         )
         if latency > within:
             raise self._failure(
@@ -474,6 +497,17 @@ class SupervisorHandle:
         self._record(
             "supervisor_events", {"supervisor": self.name, "count": len(self._stream.events)}
         )
+        self._record(
+            metrics.SUPERVISOR_RUN,
+            metrics.supervisor_run(
+                self.name,
+                self._stream.events,
+                launched=self._launched_mono,
+                stop_requested=self._stop_requested,
+                config_path=self.spec.config_path,
+                log_path=self.log_path,
+            ),
+        )
         if problems:
             raise TeardownFailed(problems)
 
@@ -560,6 +594,23 @@ class SupervisorHandle:
         pid = last_exit.get("pid")
         return mono_of(last_exit), pid if isinstance(pid, int) else None, f"its exit (pid {pid})"
 
+    def _note_stop_request(self, sig: signals.Signal) -> None:
+        """Keep when the supervisor was first asked to shut down, to time the shutdown."""
+        asks_to_stop = sig == signals.resolve("graceful_stop") or sig.name == "SIGINT"
+        if asks_to_stop and self._stop_requested is None:
+            self._stop_requested = time.monotonic()
+
+    def _scheduled_delay(self, service: str, since: float, until: float) -> float:
+        """The restart delay the supervisor announced for ``service`` between two times."""
+        for event in reversed(self._stream.events):
+            if (
+                event.get("event") == "restart_scheduled"
+                and event.get("service") == service
+                and since <= mono_of(event) <= until
+            ):
+                return float(event.get("delay") or 0.0)
+        return 0.0
+
     def _kill_leftovers(self) -> str | None:
         found = processes.carrying_marker(self.spec.marker, self._launched_wall)
         found += processes.still_running(self._seen)
@@ -567,6 +618,7 @@ class SupervisorHandle:
         if not leftovers:
             return None
         described = [processes.describe(process) for process in leftovers]
+        self._record(metrics.LEAKED_PROCESSES, {"supervisor": self.name, "processes": described})
         survivors = processes.kill(leftovers, KILL_TIMEOUT)
         text = (
             f"supervisor {self.name!r} (pid {self.pid}) leaked {len(leftovers)} process(es)"

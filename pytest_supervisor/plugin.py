@@ -7,10 +7,12 @@ however the package itself was loaded.
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import pytest
 
+from pytest_supervisor import report_plugin, scenario_items
 from pytest_supervisor import settings as settings_module
 from pytest_supervisor.dummy_command import DummyService
 from pytest_supervisor.errors import HarnessUsageError, LaunchError, TeardownFailed
@@ -79,6 +81,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for option in _OPTIONS:
         group.addoption(option.flag, dest=option.ini, default=None, help=option.description)
         parser.addini(option.ini, help=f"{option.description} (ini form of {option.flag})")
+    report_plugin.add_options(parser, group)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -89,6 +92,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SETTINGS_KEY] = settings_module.parse(config.rootpath, **raw)
     except settings_module.SettingsError as error:
         raise pytest.UsageError(f"pytest-supervisor: {error}") from None
+    report_plugin.configure(config, config.stash[SETTINGS_KEY].report_dir)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -113,6 +117,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    """YAML scenario files in the scenarios folder (SPEC section 6) become test items."""
+    return scenario_items.collect_file(file_path, parent, get_settings(parent.config))
 
 
 def get_settings(config: pytest.Config) -> PluginSettings:

@@ -42,7 +42,9 @@ REGISTERED_ONCE = """
             name for name, _ in pytestconfig.pluginmanager.list_name_plugin()
             if name and "pytest_supervisor" in name
         )
-        assert names == ["pytest_supervisor", "pytest_supervisor.plugin"]
+        assert names == [
+            "pytest_supervisor", "pytest_supervisor.plugin", "pytest_supervisor.report"
+        ]
 """
 
 RESTARTING_WEB = """

@@ -1,0 +1,181 @@
+"""The report's pytest hooks: thin wiring from pytest and pytest-xdist to
+:mod:`pytest_supervisor.report`.
+
+:func:`configure` registers one :class:`ReportingPlugin` per run and keeps it in
+``config.stash``; it is an object rather than module hooks because
+``pytest_runtest_logreport`` and ``pytest_collectreport`` receive no config.
+
+Under pytest-xdist each worker judges its own tests (the data is there, and
+``--supervisor-enforce-metrics`` must fail the test where it runs) and sends, through
+xdist's public channels, its tests' measurements in their reports' ``user_properties``
+and its machine facts in ``workeroutput``. Only the controller writes the report.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Generator
+
+import pytest
+
+from pytest_supervisor import report as reporting
+from pytest_supervisor import targets
+
+REPORTING_KEY = pytest.StashKey["ReportingPlugin"]()
+_FAILED_KEY = pytest.StashKey[bool]()  # a phase of this test failed
+MARKER = "supervisor_metric_targets"
+WORKER_OUTPUT_KEY = "pytest_supervisor_report"  # this plugin's entry in xdist's workeroutput
+
+
+def add_options(parser: pytest.Parser, group: Any) -> None:
+    group.addoption(
+        "--supervisor-enforce-metrics",
+        action="store_true",
+        dest="supervisor_enforce_metrics",
+        help="fail a test (at teardown) that missed one of its metric targets; without it"
+        " missed targets are only reported.",
+    )
+    parser.addini(
+        "supervisor_enforce_metrics",
+        type="bool",
+        default=False,
+        help="ini form of --supervisor-enforce-metrics",
+    )
+    parser.addini(
+        "supervisor_metric_targets",
+        type="linelist",
+        help="metric targets of this run, one 'name = limit' a line ('off' turns one off);"
+        " see docs/reports.md for the names and defaults",
+    )
+
+
+def configure(config: pytest.Config, directory: Path) -> None:
+    """Register the reporting hooks for this run, writing into ``directory``."""
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(**limits): this test's metric targets over the run's, e.g."
+        " respawn_overhead_p95=1.0; None turns one off (see docs/reports.md)",
+    )
+    origin = f"supervisor_metric_targets ({config.inipath.name if config.inipath else 'ini'})"
+    try:
+        ini_targets = targets.parse_lines(config.getini("supervisor_metric_targets"), origin)
+    except targets.TargetError as error:
+        raise pytest.UsageError(f"pytest-supervisor: {error}") from None
+    plugin = ReportingPlugin(
+        directory,
+        targets.resolve(targets.DEFAULT_TARGETS, ini_targets),
+        enforce=bool(
+            config.getoption("supervisor_enforce_metrics")
+            or config.getini("supervisor_enforce_metrics")
+        ),
+        # Set by xdist on its workers only, before any plugin is configured.
+        worker_output=getattr(config, "workeroutput", None),
+    )
+    config.stash[REPORTING_KEY] = plugin
+    config.pluginmanager.register(plugin, "pytest_supervisor.report")
+
+
+class ReportingPlugin:
+    def __init__(
+        self,
+        directory: Path,
+        run_targets: targets.Targets,
+        *,
+        enforce: bool,
+        worker_output: dict[str, Any] | None,
+    ) -> None:
+        self.directory = directory
+        self.run_targets = run_targets
+        self.enforce = enforce
+        self._worker_output = worker_output
+        self._collector = reporting.ReportCollector(run_targets) if worker_output is None else None
+        self._started = time.time()
+        self.written: tuple[Path, Path] | None = None
+        self.write_error: str | None = None
+
+    # -- where tests run -------------------------------------------------------------
+
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """The test's own targets, checked before it runs; they travel with its reports."""
+        marker = item.get_closest_marker(MARKER)
+        if marker is None:
+            return
+        origin = f"@pytest.mark.{MARKER} of {item.nodeid}"
+        if marker.args:
+            pytest.fail(f"{origin}: takes targets as keywords, e.g. shutdown=5", pytrace=False)
+        try:
+            item.user_properties.append(targets.metric_targets_entry(marker.kwargs, origin))
+        except targets.TargetError as error:
+            pytest.fail(str(error), pytrace=False)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, Any, None]:
+        """Judge the test once its teardown (where the harness records the last data) is done."""
+        outcome = yield
+        phase_report: pytest.TestReport = outcome.get_result()
+        failed = item.stash.get(_FAILED_KEY, False) or phase_report.failed
+        item.stash[_FAILED_KEY] = failed
+        if phase_report.when != "teardown":
+            return
+        conclusion = reporting.conclude_test(
+            phase_report.user_properties, self.run_targets, failed=failed
+        )
+        phase_report.user_properties.extend(conclusion.properties)
+        if conclusion.violations and self.enforce and not failed:
+            phase_report.outcome = "failed"
+            phase_report.longrepr = conclusion.violation_message()
+
+    # -- where the run is reported ----------------------------------------------------
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self._collector is not None:
+            self._collector.add_phase(reporting.PhaseReport.of(report))
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if self._collector is not None and report.failed:
+            self._collector.add_collection_error(report.nodeid, report.longreprtext)
+
+    @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: absent without xdist
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        if self._collector is None:
+            return
+        # A worker that crashed sent no workeroutput; its id is still in its workerinput.
+        sent = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT_KEY) or {
+            "id": getattr(node, "workerinput", {}).get("workerid")
+        }
+        self._collector.add_worker({**sent, "error": None if error is None else str(error)})
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self._worker_output is not None:
+            self._worker_output[WORKER_OUTPUT_KEY] = {
+                "id": os.environ.get("PYTEST_XDIST_WORKER"),
+                "machine_info": reporting.machine_info(),
+            }
+            return
+        config = session.config
+        if self._collector is None or config.getoption("collectonly"):
+            return
+        document = self._collector.document(
+            started=self._started,
+            finished=time.time(),
+            exit_status=int(exitstatus),
+            args=config.invocation_params.args,
+            rootdir=config.rootpath,
+            machine=reporting.machine_info(),
+            commit=reporting.commit_info(config.rootpath),
+        )
+        try:
+            self.written = reporting.write_report(document, self.directory)
+        except OSError as error:
+            self.write_error = f"cannot write the supervisor report into {self.directory}: {error}"
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.write_error:
+            terminalreporter.write_sep("-", self.write_error, red=True)
+        elif self.written:
+            json_path, html_path = self.written
+            terminalreporter.write_sep("-", f"supervisor report: {html_path} and {json_path.name}")
