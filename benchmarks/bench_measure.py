@@ -1,0 +1,542 @@
+"""The measurements. Each one starts a subject, acts on it from outside and reads the kernel.
+
+A measurement returns its figures, ``{name: Figure}``, or raises ``Skipped`` with the reason
+it does not apply or could not finish. Every wait is bounded, so a peer that never does what
+is asked costs a few seconds, not the run.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import psutil
+
+from bench_observe import Observer, Spawn, Watch, cpu_seconds
+from bench_subjects import (Backoff, Launcher, Service, Subject, crashing_services,
+                            python_services, sleep_services, tagged_processes)
+
+NS = 1_000_000_000
+# Longest wait for one replacement: supervisord's main loop alone may take a second.
+RESPAWN_TIMEOUT = 5.0
+STARTUP_TIMEOUT = 60.0
+SHUTDOWN_TIMEOUT = 30.0
+# How long a subject gets to stop on SIGTERM when a measurement is over, before SIGKILL.
+STOP_GRACE = 10.0
+# Time to let a freshly started subject finish its start-up work before it is measured.
+SETTLE = 0.3
+# The crash storm's policy for the backoff check: 0.1 s, doubling, at most 1 s.
+STORM_BACKOFF = Backoff(delay=0.1, factor=2.0, max_delay=1.0)
+# A crash counts as missed when no replacement came this long after it was due.
+MISSED_AFTER = 1.0
+# An exit followed by a replacement sooner than its delay minus this went against the backoff.
+EARLY_TOLERANCE = 0.002
+
+
+class Skipped(Exception):
+    """The measurement does not apply to this subject, or it could not finish."""
+
+
+@dataclass
+class Figure:
+    value: float
+    unit: str
+
+
+@dataclass
+class Settings:
+    respawn_trials: int
+    startup_trials: int
+    idle_seconds: float
+    idle_settle: float
+    shutdown_trials: int
+    storm_services: int
+    storm_seconds: float
+    storm_warmup: float
+    self_respawn_trials: int
+
+    @classmethod
+    def choose(cls, quick: bool, storm_seconds: Optional[float]) -> "Settings":
+        if quick:
+            return cls(respawn_trials=10, startup_trials=1, idle_seconds=2.0, idle_settle=0.5,
+                       shutdown_trials=1, storm_services=100,
+                       storm_seconds=storm_seconds or 2.0, storm_warmup=0.5,
+                       self_respawn_trials=2)
+        return cls(respawn_trials=30, startup_trials=3, idle_seconds=10.0, idle_settle=2.0,
+                   shutdown_trials=3, storm_services=100, storm_seconds=storm_seconds or 10.0,
+                   storm_warmup=1.0, self_respawn_trials=10)
+
+
+@dataclass
+class Run:
+    pid: int
+    tag: str
+    watch: Watch
+    workdir: Path
+    launched_ns: int
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile: a value that was actually measured."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def spread(values: Sequence[float], unit: str, scale: float) -> Dict[str, Figure]:
+    return {"p50": Figure(round(statistics.median(values) * scale, 3), unit),
+            "p95": Figure(round(percentile(values, 0.95) * scale, 3), unit),
+            "max": Figure(round(max(values) * scale, 3), unit),
+            "trials": Figure(len(values), "count")}
+
+
+class Bench:
+    """What every measurement needs: the settings, the observer, a way to start subjects."""
+
+    def __init__(self, settings: Settings, observer: Observer, launcher: Launcher,
+                 workroot: Path):
+        self.settings = settings
+        self.observer = observer
+        self.launcher = launcher
+        self.workroot = workroot
+
+    @contextlib.contextmanager
+    def running(self, subject: Subject, services: Sequence[Service],
+                backoff: Optional[Backoff] = None, fault_injection: bool = False
+                ) -> Iterator[Run]:
+        workdir = Path(tempfile.mkdtemp(prefix=subject.name + "-", dir=str(self.workroot)))
+        argv = subject.command(services, workdir, backoff, fault_injection)
+        launched_ns = time.monotonic_ns()
+        proc, tag = self.launcher.launch(argv, workdir)
+        watch = self.observer.watch(proc.pid)
+        try:
+            yield Run(proc.pid, tag, watch, workdir, launched_ns)
+        finally:
+            self.launcher.finish(proc, tag, grace=STOP_GRACE)
+            self.observer.forget(proc.pid)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def wait_running(self, run: Run, count: int, timeout: float) -> None:
+        """Until ``count`` children run at once; Skipped (with the subject's log) if not."""
+        watch = run.watch
+        self.observer.wait_until(
+            lambda: len(watch.alive) >= count or watch.supervisor_exit is not None, timeout)
+        if len(watch.alive) < count:
+            state = "exited" if watch.supervisor_exit is not None else "still running"
+            raise Skipped("%d of %d services running after %.0f s (supervisor %s)%s"
+                          % (len(watch.alive), count, timeout, state, _log_tail(run.workdir)))
+
+    def kill_and_wait(self, run: Run, victims: List[int]) -> Optional[float]:
+        """SIGKILL ``victims`` at once; seconds until as many replacements run, None if not."""
+        watch = run.watch
+        first = len(watch.spawns)
+        sent = time.monotonic_ns()
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it died on its own just now: its replacement counts all the same
+
+        def replacements() -> List[Spawn]:
+            return [s for s in watch.spawns[first:] if s.ts > sent]
+
+        if not self.observer.wait_until(lambda: len(replacements()) >= len(victims),
+                                        RESPAWN_TIMEOUT):
+            return None
+        return (max(s.ts for s in replacements()[:len(victims)]) - sent) / NS
+
+
+def _log_tail(workdir: Path) -> str:
+    text = ""
+    for log in sorted(workdir.glob("*.log")):
+        text += log.read_text(errors="replace")
+    return ("; its log ends: " + text[-400:].strip()) if text.strip() else ""
+
+
+def _pause() -> None:
+    # A random gap, so that no trial lands at the same phase of a supervisor's periodic work.
+    time.sleep(random.uniform(0.02, 0.06))
+
+
+# --------------------------------------------------------------------------- comparing
+# Other work on the machine comes and goes. Subjects compared with each other therefore take
+# turns, trial by trial, instead of one running all its trials and then the next: whatever
+# the load was, each of them met it about equally often.
+
+Outcome = Union[Dict[str, Figure], Skipped]
+Trial = Callable[[Bench, Subject], float]
+
+
+def one_at_a_time(measure: Callable[..., Dict[str, Figure]]
+                  ) -> Callable[..., Dict[str, Outcome]]:
+    """For a measurement that needs the machine to itself (idle, storms): subject by subject."""
+    @functools.wraps(measure)
+    def each(bench: Bench, subjects: Sequence[Subject], **options: object
+             ) -> Dict[str, Outcome]:
+        outcomes: Dict[str, Outcome] = {}
+        for subject in subjects:
+            try:
+                outcomes[subject.name] = measure(bench, subject, **options)
+            except Skipped as exc:
+                outcomes[subject.name] = exc
+        return outcomes
+    return each
+
+
+def alternate(bench: Bench, subjects: Sequence[Subject], trials: int, trial: Trial
+              ) -> Tuple[Dict[str, List[float]], Dict[str, Outcome]]:
+    """Trial 1 of every subject, then trial 2 of every subject...; a subject whose trial is
+    Skipped takes no more turns and is reported by that reason."""
+    values: Dict[str, List[float]] = {s.name: [] for s in subjects}
+    failed: Dict[str, Outcome] = {}
+    for _ in range(trials):
+        for subject in subjects:
+            if subject.name not in failed:
+                try:
+                    values[subject.name].append(trial(bench, subject))
+                except Skipped as exc:
+                    failed[subject.name] = exc
+    return values, failed
+
+
+# --------------------------------------------------------------------------- respawn
+
+def respawn(bench: Bench, subjects: Sequence[Subject],
+            make_services: Callable[[], List[Service]], kill_count: int
+            ) -> Dict[str, Outcome]:
+    """Kill ``kill_count`` services at once, trial after trial; time until all are back.
+
+    Every subject runs at the same time (idle but for the trial at hand), and they take turns
+    in a new random order each round.
+    """
+    latencies: Dict[str, List[float]] = {s.name: [] for s in subjects}
+    outcomes: Dict[str, Outcome] = {}
+    trials = bench.settings.respawn_trials
+    with contextlib.ExitStack() as stack:
+        runs: Dict[str, Run] = {}
+        count = len(make_services())
+        for subject in subjects:
+            run = stack.enter_context(bench.running(subject, make_services()))
+            try:
+                bench.wait_running(run, count, STARTUP_TIMEOUT)
+                runs[subject.name] = run
+            except Skipped as exc:
+                outcomes[subject.name] = exc
+        time.sleep(SETTLE)
+        for _ in range(trials):
+            turns = list(runs.items())
+            random.shuffle(turns)
+            for name, run in turns:
+                _pause()
+                victims = random.sample(sorted(run.watch.alive), kill_count)
+                latency = bench.kill_and_wait(run, victims)
+                try:
+                    if latency is None:
+                        raise Skipped("a trial timed out")
+                    bench.wait_running(run, count, RESPAWN_TIMEOUT)  # every service is back
+                except Skipped:
+                    del runs[name]  # it failed a trial: it takes no more
+                    continue
+                latencies[name].append(latency)
+    for name, values in latencies.items():
+        if name in outcomes:
+            continue
+        if not values:
+            outcomes[name] = Skipped("no replacement within %.0f s of the first kill"
+                                     % RESPAWN_TIMEOUT)
+            continue
+        figures = spread(values, "ms", 1e3)
+        figures["missed"] = Figure(trials - len(values), "count")
+        outcomes[name] = figures
+    return outcomes
+
+
+def respawn_sleep(bench: Bench, subjects: Sequence[Subject]) -> Dict[str, Outcome]:
+    return respawn(bench, subjects, lambda: sleep_services(1), 1)
+
+
+def respawn_python(bench: Bench, subjects: Sequence[Subject]) -> Dict[str, Outcome]:
+    return respawn(bench, subjects, lambda: python_services(1), 1)
+
+
+def respawn_10_of_20(bench: Bench, subjects: Sequence[Subject]) -> Dict[str, Outcome]:
+    return respawn(bench, subjects, lambda: sleep_services(20), 10)
+
+
+# --------------------------------------------------------------------------- start-up
+
+def startup(bench: Bench, subjects: Sequence[Subject], count: int) -> Dict[str, Outcome]:
+    """From launching the supervisor until ``count`` services run (exec'd) at once."""
+    def trial(bench: Bench, subject: Subject) -> float:
+        with bench.running(subject, sleep_services(count)) as run:
+            bench.wait_running(run, count, STARTUP_TIMEOUT)
+            last = sorted(s.ts for s in run.watch.spawns)[count - 1]
+            return (last - run.launched_ns) / NS
+
+    trials = bench.settings.startup_trials if count <= 500 else 1
+    durations, outcomes = alternate(bench, subjects, trials, trial)
+    for name, values in durations.items():
+        outcomes.setdefault(name, {"median": Figure(round(statistics.median(values), 4), "s"),
+                                   "max": Figure(round(max(values), 4), "s"),
+                                   "trials": Figure(len(values), "count")})
+    return outcomes
+
+
+# --------------------------------------------------------------------------- idle cost
+
+@one_at_a_time
+def idle(bench: Bench, subject: Subject, count: int) -> Dict[str, Figure]:
+    """CPU, wake-ups and memory of the supervisor while ``count`` services just run."""
+    seconds = bench.settings.idle_seconds
+    with bench.running(subject, sleep_services(count)) as run:
+        bench.wait_running(run, count, STARTUP_TIMEOUT)
+        time.sleep(bench.settings.idle_settle)
+        process = psutil.Process(run.pid)
+        spawns_before = len(run.watch.spawns)
+        cpu_before = cpu_seconds(run.pid)
+        switches_before = process.num_ctx_switches().voluntary
+        time.sleep(seconds)
+        cpu = cpu_seconds(run.pid) - cpu_before
+        switches = process.num_ctx_switches().voluntary - switches_before
+        memory = process.memory_full_info()
+        restarted = len(run.watch.spawns) - spawns_before
+    return {"cpu": Figure(round(cpu, 4), "s"),
+            "over": Figure(seconds, "s"),
+            "rss": Figure(round(memory.rss / 2**20, 1), "MB"),
+            "uss": Figure(round(memory.uss / 2**20, 1), "MB"),
+            "wakeups": Figure(round(switches / seconds, 1), "per s"),
+            "restarted": Figure(restarted, "count")}
+
+
+# --------------------------------------------------------------------------- shutdown
+
+def shutdown(bench: Bench, subjects: Sequence[Subject], count: int) -> Dict[str, Outcome]:
+    """SIGTERM the supervisor; time until it and every service have exited."""
+    stops: Dict[str, List[Dict[str, float]]] = {s.name: [] for s in subjects}
+
+    def trial(bench: Bench, subject: Subject) -> float:
+        with bench.running(subject, sleep_services(count)) as run:
+            bench.wait_running(run, count, STARTUP_TIMEOUT)
+            time.sleep(SETTLE)
+            stop = _terminate(bench, run)
+        stops[subject.name].append(stop)
+        return stop["all_gone"]
+
+    gone, outcomes = alternate(bench, subjects, bench.settings.shutdown_trials, trial)
+    for name, values in gone.items():
+        if name in outcomes:
+            continue
+        own_exit = [stop["supervisor_exit"] for stop in stops[name]]
+        figures = {"all_gone": Figure(round(statistics.median(values) * 1e3, 2), "ms"),
+                   "all_gone_max": Figure(round(max(values) * 1e3, 2), "ms"),
+                   "supervisor_exit": Figure(round(statistics.median(own_exit) * 1e3, 2), "ms")}
+        figures.update(_leftover_figures(*(int(sum(stop[key] for stop in stops[name]))
+                                           for key in ("outlived", "left_behind", "respawned"))))
+        figures["trials"] = Figure(len(values), "count")
+        outcomes[name] = figures
+    return outcomes
+
+
+def _leftover_figures(outlived: int, left: int, respawned: int) -> Dict[str, Figure]:
+    return {"outlived_supervisor": Figure(outlived, "count"),
+            "left_behind": Figure(left, "count"),
+            "started_after_sigterm": Figure(respawned, "count")}
+
+
+def _terminate(bench: Bench, run: Run) -> Dict[str, float]:
+    """SIGTERM now; wait until nothing of the run is left. Times in s, counts of processes."""
+    watch = run.watch
+    first = len(watch.spawns)
+    sent = time.monotonic_ns()
+    os.kill(run.pid, signal.SIGTERM)
+    finished = bench.observer.wait_until(
+        lambda: watch.supervisor_exit is not None and not watch.alive, SHUTDOWN_TIMEOUT)
+    if watch.supervisor_exit is None:
+        raise Skipped("still running %.0f s after SIGTERM" % SHUTDOWN_TIMEOUT)
+    time.sleep(0.1)  # what a service's own children need to follow it out
+    left_behind = len(tagged_processes(run.tag))
+    exits = [ts for _, ts in watch.exits if ts > sent]
+    last = max([*exits, watch.supervisor_exit])
+    return {"all_gone": (last - sent) / NS if finished else SHUTDOWN_TIMEOUT,
+            "supervisor_exit": (watch.supervisor_exit - sent) / NS,
+            "outlived": sum(1 for ts in exits if ts > watch.supervisor_exit) + len(watch.alive),
+            "left_behind": left_behind,
+            "respawned": len(watch.spawns) - first}
+
+
+# --------------------------------------------------------------------------- crash storm
+
+@one_at_a_time
+def storm(bench: Bench, subject: Subject, backoff: Optional[Backoff] = None
+          ) -> Dict[str, Figure]:
+    """Services crash 10 ms after each start; CPU, respawns and misses, then a SIGTERM."""
+    settings = bench.settings
+    services = crashing_services(settings.storm_services)
+    names = {s.argv: s.name for s in services}
+    with bench.running(subject, services, backoff=backoff) as run:
+        time.sleep(settings.storm_warmup)
+        if run.watch.supervisor_exit is not None:
+            raise Skipped("the supervisor exited during the storm" + _log_tail(run.workdir))
+        start, cpu_before = time.monotonic_ns(), cpu_seconds(run.pid)
+        time.sleep(settings.storm_seconds)
+        end, cpu = time.monotonic_ns(), cpu_seconds(run.pid) - cpu_before
+        try:
+            stop: Optional[Dict[str, float]] = _terminate(bench, run)
+        except Skipped:
+            stop = None  # it ignored the SIGTERM: what it did in the storm still stands
+    history = _storm_history(run.watch, names)
+    figures = {"supervisor_cpu": Figure(round(cpu / settings.storm_seconds * 100, 1),
+                                        "% of a core"),
+               "respawns_seen": Figure(sum(1 for s in run.watch.spawns if start <= s.ts <= end),
+                                       "count"),
+               "over": Figure(settings.storm_seconds, "s")}
+    figures.update(_answer_figures(history, start, end, backoff))
+    figures["unidentified"] = Figure(sum(1 for s in run.watch.spawns if s.argv not in names),
+                                     "count")
+    # The last act: SIGTERM in the middle of the storm. Still running after
+    # SHUTDOWN_TIMEOUT counts as ignoring it (the run's cleanup then kills everything).
+    figures["sigterm_ignored"] = Figure(int(stop is None), "count")
+    if stop is not None:
+        figures["sigterm_all_gone"] = Figure(round(stop["all_gone"] * 1e3, 1), "ms")
+        figures.update(_leftover_figures(int(stop["outlived"]), int(stop["left_behind"]),
+                                         int(stop["respawned"])))
+    return figures
+
+
+def storm_backoff(bench: Bench, subjects: Sequence[Subject]) -> Dict[str, Outcome]:
+    able = [s for s in subjects if s.supports_backoff]
+    outcomes: Dict[str, Outcome] = {s.name: Skipped(s.no_backoff_reason)
+                                    for s in subjects if not s.supports_backoff}
+    outcomes.update(storm(bench, able, backoff=STORM_BACKOFF))
+    return outcomes
+
+
+def _storm_history(watch: Watch, names: Dict[tuple, str]) -> Dict[str, List[tuple]]:
+    """Per service, its starts and exits in time order: (ts, "spawn"|"exit")."""
+    history: Dict[str, List[tuple]] = {}
+    for spawn in watch.spawns:
+        if spawn.argv in names:
+            history.setdefault(names[spawn.argv], []).append((spawn.ts, "spawn"))
+    for pid, ts in watch.exits:
+        exited = watch.by_pid.get(pid)
+        if exited is not None and exited.argv in names:
+            history.setdefault(names[exited.argv], []).append((ts, "exit"))
+    for events in history.values():
+        events.sort()
+    return history
+
+
+def _answer_figures(history: Dict[str, List[tuple]], start: int, end: int,
+                    backoff: Optional[Backoff]) -> Dict[str, Figure]:
+    """How the crashes were answered: respawns due by the policy inside the window against
+    those seen there; and for each one due at least ``MISSED_AFTER`` before the end, whether
+    it came too early (before its delay), late (by how much) or never."""
+    expected, early, missed, lateness = 0, 0, 0, []
+    judged_until = end - int(MISSED_AFTER * NS)
+    for events in history.values():
+        exits = 0
+        for index, (ts, kind) in enumerate(events):
+            if kind != "exit":
+                continue
+            exits += 1
+            due = ts + int((backoff.due(exits) if backoff else 0.0) * NS)
+            if not start <= due <= end:
+                continue
+            expected += 1
+            if due > judged_until:
+                continue  # too close to the end to call it missed
+            answer = next((t for t, k in events[index + 1:] if k == "spawn"), None)
+            if answer is None or answer > due + int(MISSED_AFTER * NS):
+                missed += 1
+                continue
+            if answer < due - int(EARLY_TOLERANCE * NS):
+                early += 1
+            lateness.append((answer - due) / NS)
+    figures = {"respawns_expected": Figure(expected, "count"),
+               "missed": Figure(missed, "count")}
+    if backoff is not None:
+        figures["early"] = Figure(early, "count")
+    if lateness:
+        figures["late_p50"] = Figure(round(statistics.median(lateness) * 1e3, 2), "ms")
+        figures["late_max"] = Figure(round(max(lateness) * 1e3, 2), "ms")
+    return figures
+
+
+# --------------------------------------------------------------------------- self-respawn
+
+@one_at_a_time
+def self_respawn(bench: Bench, subject: Subject, count: int = 20) -> Dict[str, Figure]:
+    """SIGUSR1 makes the supervisor re-exec itself: how long are its services unwatched?
+
+    Trials 1, 3, 5...: time from the signal until the new image has taken over every service
+    (its ``adopted`` events). Trials 2, 4, 6...: a service is SIGKILLed halfway through that
+    window; time until it runs again. Every trial checks that no other service was restarted
+    (the same PIDs before and after).
+    """
+    if not subject.supports_self_respawn:
+        raise Skipped(subject.no_self_respawn_reason)
+    windows: List[float] = []
+    answers: List[float] = []
+    restarted = 0
+    with bench.running(subject, sleep_services(count), fault_injection=True) as run:
+        events_path = subject.events_file(run.workdir)
+        assert events_path is not None
+        bench.wait_running(run, count, STARTUP_TIMEOUT)
+        time.sleep(SETTLE)
+        for trial in range(bench.settings.self_respawn_trials):
+            before = set(run.watch.alive)
+            sent = time.monotonic_ns()
+            os.kill(run.pid, signal.SIGUSR1)
+            victim = None
+            if trial % 2 == 1:
+                time.sleep(statistics.median(windows) / 2)
+                victim = random.choice(sorted(before))
+                answer = bench.kill_and_wait(run, [victim])
+                if answer is None:
+                    raise Skipped("a service killed during the re-exec was not respawned")
+                answers.append(answer)
+            taken_over = _wait_taken_over(events_path, sent, count)
+            if trial % 2 == 0:
+                windows.append((taken_over - sent) / NS)
+            time.sleep(SETTLE)
+            restarted += len(before - {victim} - set(run.watch.alive))
+    figures = {"unsupervised_p50": Figure(round(statistics.median(windows) * 1e3, 2), "ms"),
+               "unsupervised_max": Figure(round(max(windows) * 1e3, 2), "ms")}
+    if answers:
+        figures["kill_answered_p50"] = Figure(round(statistics.median(answers) * 1e3, 2), "ms")
+        figures["kill_answered_max"] = Figure(round(max(answers) * 1e3, 2), "ms")
+    figures["restarted"] = Figure(restarted, "count")
+    figures["trials"] = Figure(len(windows) + len(answers), "count")
+    return figures
+
+
+def _wait_taken_over(events_path: Path, since: int, count: int, timeout: float = 10.0) -> int:
+    """CLOCK_MONOTONIC ns at which the new image had taken over all ``count`` services.
+
+    A service is taken over by its ``adopted`` event, or by a ``spawned`` one when it died
+    during the exec and the new image started it again.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stamps: Dict[str, int] = {}
+        for line in events_path.read_text().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a line being written right now
+            if event.get("event") in ("adopted", "spawned") and event["mono"] * NS > since:
+                stamps.setdefault(event["service"], int(event["mono"] * NS))
+        if len(stamps) >= count:
+            return max(stamps.values())
+        time.sleep(0.002)
+    raise Skipped("fewer than %d services taken over %.0f s after SIGUSR1" % (count, timeout))
