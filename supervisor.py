@@ -20,19 +20,20 @@ How it is put together, top to bottom:
   ``selectors`` until a child exits, a signal arrives or a timer is due; it never polls.
 * **Self-respawn** -- an unexpected exception in the main loop re-executes the supervisor
   with ``os.execv``; the running services are handed over through a small JSON file and
-  adopted (same PIDs) by the new image.
+  adopted (same PIDs) by the new image. On Windows an exec cannot keep children, so the
+  supervisor restarts in-process instead (same PID) and starts its services again.
 * **CLI** -- ``run`` and ``check``.
 """
 from __future__ import annotations
 
 import argparse
+import binascii
 import collections
 import ctypes
 import dataclasses
 import difflib
 import enum
 import errno
-import hashlib
 import heapq
 import itertools
 import json
@@ -55,8 +56,19 @@ import time
 import traceback
 import types
 from dataclasses import dataclass, field
-from typing import (Any, Callable, Deque, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Set,
-                    Tuple)
+from typing import (
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    FrozenSet,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Set,
+    Tuple,
+)
 
 import yaml
 
@@ -67,6 +79,10 @@ HANDOFF_ENV = "SUPERVISOR_HANDOFF"
 SERVICE_TAG_ENV = "SUPERVISOR_SERVICE_TAG"
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+# os.open() flags of the files we append to. Windows opens descriptors in text mode unless
+# told otherwise, turning "\n" into "\r\n" behind our back (and past our byte counts).
+APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
 
 
 # --------------------------------------------------------------------------- logging
@@ -225,14 +241,16 @@ def canonical_signal_name(value: Any) -> Optional[str]:
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         try:
-            return signal.Signals(value).name
+            name = signal.Signals(value).name
         except ValueError:
             return None
+        # Windows numbers its console events (CTRL_C_EVENT = 0) among the signals
+        return name if name.startswith("SIG") else None
     if not isinstance(value, str):
         return None
     name = value.strip().upper()
     for candidate in (name, "SIG" + name):
-        if candidate in signal.Signals.__members__:
+        if candidate.startswith("SIG") and candidate in signal.Signals.__members__:
             return signal.Signals[candidate].name  # aliases such as SIGIOT -> SIGABRT
         if candidate in _POSIX_SIGNALS:
             return candidate
@@ -750,7 +768,7 @@ class EventStream:
         if path == "-":
             self._fd: Optional[int] = sys.stdout.fileno()
         elif path:
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = os.open(path, APPEND_FLAGS, 0o644)
         else:
             self._fd = None
 
@@ -896,10 +914,12 @@ class Timers:
             return None
         return max(self._heap[0][0] - self.clock(), 0.0)
 
-    def run_due(self) -> None:
-        """Run the timers due now; those their callbacks add wait for the next pass."""
+    def run_due(self, interrupted: Callable[[], bool] = lambda: False) -> None:
+        """Run the timers due now; those their callbacks add wait for the next pass, and so
+        do the rest once ``interrupted()`` says something more urgent came (a signal)."""
         now, newest = self.clock(), next(self._sequence)
-        while self._heap and self._heap[0][0] <= now and self._heap[0][1] < newest:
+        while self._heap and self._heap[0][0] <= now and self._heap[0][1] < newest \
+                and not interrupted():
             timer = heapq.heappop(self._heap)[2]
             if not timer.cancelled:
                 timer.cancelled = True
@@ -937,15 +957,23 @@ class PosixProcesses:
         self.use_pidfd = _pidfd_works()
         self.is_subreaper = False
         self._popen: Dict[int, subprocess.Popen] = {}
+        self._reaped_early: List[Tuple[int, ExitInfo]] = []  # by is_child() without waitid
 
     def claim_orphans(self) -> None:
         """Become the parent of whatever our services orphan (Linux: a child subreaper)."""
         self.is_subreaper = _become_subreaper()
 
-    selectable_pipes = True
+    exec_keeps_children = True  # execv keeps the PID, so the services stay our children
 
     def wakeup_source(self) -> Optional[socket.socket]:
         return None  # exits wake the loop through pidfds and SIGCHLD
+
+    def readable(self, fd: int) -> Any:
+        """What the loop waits on to read pipe ``fd``: the pipe itself, here."""
+        return fd
+
+    def shutdown_requests(self) -> Optional[socket.socket]:
+        return None  # SIGTERM does this
 
     # -- starting
 
@@ -971,7 +999,7 @@ class PosixProcesses:
 
     def reap(self) -> List[Tuple[int, ExitInfo]]:
         """Collect every child that has exited, ours or an orphan re-parented to us."""
-        reaped = []
+        reaped, self._reaped_early = self._reaped_early, []
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -999,10 +1027,24 @@ class PosixProcesses:
 
     def is_child(self, pid: int) -> bool:
         """True if ``pid`` is still our child (alive, or dead and not yet reaped)."""
+        if not hasattr(os, "waitid"):
+            return self._is_child_by_waitpid(pid)
         try:
-            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            os.waitid(os.P_PID, pid,  # type: ignore[attr-defined]  # not on macOS
+                      os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             return False
+        return True
+
+    def _is_child_by_waitpid(self, pid: int) -> bool:
+        """is_child() where waitid is missing (macOS): waitpid answers the same question but
+        reaps a child that has already exited, so its status is kept for the next reap()."""
+        try:
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if reaped:
+            self._reaped_early.append((pid, _exit_info(status)))
         return True
 
     # -- signalling
@@ -1025,7 +1067,8 @@ class PosixProcesses:
         return _signal_zero(os.killpg, pgid)
 
     def alive(self, pid: int) -> bool:
-        return _signal_zero(os.kill, pid)
+        """Running: a zombie (dead, waiting for its parent to reap it) is not."""
+        return _signal_zero(os.kill, pid) and not _is_zombie(pid)
 
     def in_group(self, pid: int, pgid: int) -> bool:
         try:
@@ -1086,10 +1129,13 @@ class PosixProcesses:
             except OSError:
                 return None
         if hasattr(select, "kqueue"):
+            # macOS and the BSDs (the attributes are missing from Linux's type stubs)
             queue = select.kqueue()
-            event = select.kevent(parent_pid, filter=select.KQ_FILTER_PROC,
-                                  flags=select.KQ_EV_ADD | select.KQ_EV_ONESHOT,
-                                  fflags=select.KQ_NOTE_EXIT)
+            event = select.kevent(parent_pid,  # type: ignore[attr-defined]
+                                  filter=select.KQ_FILTER_PROC,  # type: ignore[attr-defined]
+                                  flags=select.KQ_EV_ADD  # type: ignore[attr-defined]
+                                  | select.KQ_EV_ONESHOT,  # type: ignore[attr-defined]
+                                  fflags=select.KQ_NOTE_EXIT)  # type: ignore[attr-defined]
             try:
                 queue.control([event], 0)
             except OSError:
@@ -1103,24 +1149,37 @@ class PosixProcesses:
 class WindowsProcesses:
     """Process control on Windows.
 
-    Each service gets a new process group (so CTRL_BREAK_EVENT reaches only it) and a job
-    object with kill-on-close, so its whole tree can be ended at once and dies with us.
-    Exits are seen by one thread per child blocked on its process handle, which wakes the
-    loop through a socket pair: ``selectors`` on Windows can only wait on sockets.
-    The exec emulation starts a new process, so a re-executed supervisor cannot keep its
-    children: their jobs close with the old image and the new one starts them again.
+    Each service starts suspended, in a new process group (so that CTRL_BREAK_EVENT reaches
+    only its group), and is put into a job object with kill-on-close before it runs, so
+    nothing it starts can slip out of the job by racing the assignment. The job ends the
+    whole tree at once (TerminateJobObject), and it dies with us: if the supervisor is
+    killed, the system closes its job handles and every service tree goes with them.
+
+    Stopping: whatever ``stop_signal`` says, a group is asked to stop with CTRL_BREAK_EVENT,
+    the one request Windows can deliver to a process group. It needs a console shared with
+    the service; where it cannot be delivered (no console, or wine, which has not
+    implemented it) ``send_group`` says so and the manager terminates the tree at once
+    instead of waiting out ``stop_timeout`` for nothing. A single process outside the job
+    has no gentle equivalent: it is left for the forced kill.
+
+    ``selectors`` on Windows waits only on sockets, so exits are seen by one thread per
+    child blocked on its process handle, which wakes the loop through a socket pair (a
+    thread each is the price; there is no Windows pidfd), and each output pipe is copied into
+    a socket by a thread of its own. The exec emulation starts a new process, which cannot
+    inherit the services (their jobs close with the old image) and which the supervisor's
+    parent would not be waiting on: ``exec_keeps_children`` is False, and the supervisor
+    re-executes itself in-process instead, starting its services again.
     """
 
     orphans_come_home = False
-    # selectors on Windows wait only on sockets: service output is passed straight through
-    selectable_pipes = False
+    exec_keeps_children = False
 
     def __init__(self) -> None:
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
-        self._exited: List[Tuple[int, ExitInfo]] = []
+        self._exited: Deque[Tuple[int, ExitInfo]] = collections.deque()  # from the waiters
         self._popen: Dict[int, subprocess.Popen] = {}
-        self._jobs: Dict[int, Any] = {}
+        self._jobs: Dict[int, Any] = {}  # service pid -> its job's handle
 
     def wakeup_source(self) -> Optional[socket.socket]:
         return self._wake_reader
@@ -1128,16 +1187,55 @@ class WindowsProcesses:
     def claim_orphans(self) -> None:
         pass  # the job objects hold each service's tree instead
 
+    def readable(self, fd: int) -> Any:
+        return _socket_for_pipe(fd)
+
+    def shutdown_requests(self) -> Optional[socket.socket]:
+        """A socket that becomes readable whenever another process sets the event named
+        ``SHUTDOWN_EVENT % our pid``: how to ask us to shut down without sharing our console
+        (CTRL_BREAK_EVENT needs one; a service manager, a CI runner or wine has none)."""
+        kernel32 = _kernel32()
+        event = kernel32.CreateEventW(None, False, False, SHUTDOWN_EVENT % os.getpid())
+        if not event:
+            return None
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+
+        def relay_requests() -> None:
+            while kernel32.WaitForSingleObject(event, INFINITE) == WAIT_OBJECT_0:
+                try:
+                    writer.send(b"x")
+                except OSError:
+                    return  # the loop that listened is gone (a restart makes a new one)
+
+        threading.Thread(target=relay_requests, name="shutdown-event", daemon=True).start()
+        return reader
+
+    # -- starting
+
     def spawn(self, launch: Launch) -> int:
+        """Start ``launch`` in a job of its own; raise OSError when it cannot be started."""
         if launch.user is not None:
             raise PermissionError(errno.EPERM, "user: is not supported on Windows")
+        # (umask is ignored: Windows files carry ACLs, not mode bits)
         proc = subprocess.Popen(
             launch.command, shell=launch.shell, cwd=launch.cwd, env=launch.env,
             stdin=subprocess.DEVNULL, stdout=launch.stdout, stderr=launch.stderr,
-            creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)  # type: ignore[attr-defined]
+            creationflags=subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+            | CREATE_SUSPENDED)
+        try:
+            self._jobs[proc.pid] = _windows_job(proc)
+        except OSError as exc:
+            # Without a job the tree is still found through its tag, only less surely.
+            log("warning", "pid %d runs outside a job object: %s" % (proc.pid, exc))
+        if _ntdll().NtResumeProcess(_process_handle(proc)) != 0:
+            proc.kill()
+            proc.wait()
+            self._close_job(proc.pid)
+            raise OSError(errno.EPERM, "cannot resume the suspended process")
         self._popen[proc.pid] = proc
-        self._jobs[proc.pid] = _windows_job(proc)
-        threading.Thread(target=self._wait_for_exit, args=(proc,), daemon=True).start()
+        threading.Thread(target=self._wait_for_exit, args=(proc,), name="wait-%d" % proc.pid,
+                         daemon=True).start()
         return proc.pid
 
     def _wait_for_exit(self, proc: subprocess.Popen) -> None:
@@ -1148,15 +1246,17 @@ class WindowsProcesses:
         except OSError:
             pass  # the loop is closing
 
+    # -- watching and reaping
+
     def watch(self, pid: int) -> Optional[int]:
         return None  # the wait threads wake the loop through wakeup_source()
 
     def reap(self) -> List[Tuple[int, ExitInfo]]:
         reaped = []
         while self._exited:
-            reaped.append(self._exited.pop(0))
-        for pid, _ in reaped:
+            pid, info = self._exited.popleft()
             self._popen.pop(pid, None)
+            reaped.append((pid, info))
         return reaped
 
     def wait(self, pid: int) -> None:
@@ -1167,46 +1267,76 @@ class WindowsProcesses:
     def is_child(self, pid: int) -> bool:
         return pid in self._popen
 
+    # -- signalling
+
     def send(self, pid: int, signame: str) -> bool:
-        try:
-            os.kill(pid, signal.SIGTERM)  # TerminateProcess: the only way to one process
-        except OSError:
+        if signame != "SIGKILL":
+            # A stop request reaches a process group only (and CTRL_BREAK_EVENT to a pid
+            # that leads no group could reach every process on the console): a lone process
+            # is left for the forced kill.
             return False
+        try:
+            os.kill(pid, signal.SIGTERM)  # TerminateProcess, exit code 15
+        except OSError:
+            return False  # already gone
         return True
 
     def send_group(self, pgid: int, signame: str) -> bool:
-        job = self._jobs.get(pgid)
-        if signame == "SIGKILL" and job is not None:
+        if signame == "SIGKILL":
+            job = self._jobs.get(pgid)
+            if job is None:
+                return self.send(pgid, signame)
             return bool(_kernel32().TerminateJobObject(job, 1))
         try:
             os.kill(pgid, signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
-        except OSError:
+        except OSError as exc:
+            log("warning", "cannot send CTRL_BREAK_EVENT to process group %d (%s); a console "
+                "shared with the service is needed" % (pgid, exc))
             return False
         return True
 
     def group_alive(self, pgid: int) -> bool:
-        job = self._jobs.get(pgid)
-        if job is None:
-            return False
-        if _windows_job_active_processes(job):
+        if pgid not in self._jobs:
+            return self.alive(pgid)
+        if _windows_job_active_processes(self._jobs[pgid]):
             return True
-        _kernel32().CloseHandle(self._jobs.pop(pgid))
+        self._close_job(pgid)
         return False
 
     def alive(self, pid: int) -> bool:
         kernel32 = _kernel32()
-        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        handle = kernel32.OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
         if not handle:
             return False
         try:
             code = ctypes.c_ulong()
             kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-            return code.value == 259  # STILL_ACTIVE
+            return code.value == STILL_ACTIVE
         finally:
             kernel32.CloseHandle(handle)
 
     def in_group(self, pid: int, pgid: int) -> bool:
-        return False  # Windows has no cheap group query; the job covers the tree
+        """Whether ``pid`` is in the job of the service whose main process is ``pgid``."""
+        job = self._jobs.get(pgid)
+        if job is None:
+            return False
+        kernel32 = _kernel32()
+        handle = kernel32.OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+        if not handle:
+            return False
+        try:
+            inside = ctypes.c_int()
+            return bool(kernel32.IsProcessInJob(handle, job, ctypes.byref(inside))
+                        and inside.value)
+        finally:
+            kernel32.CloseHandle(handle)
+
+    def _close_job(self, pgid: int) -> None:
+        job = self._jobs.pop(pgid, None)
+        if job is not None:
+            _kernel32().CloseHandle(job)  # kill-on-close: only once the job is empty
+
+    # -- finding a service's processes
 
     def tagged_processes(self, prefix: str) -> Dict[str, Set[int]]:
         return _scan_psutil_tags(prefix)
@@ -1219,29 +1349,83 @@ class WindowsProcesses:
             self.send(pid, "SIGKILL")  # Windows has no gentler way for a stranger's process
 
     def watch_parent(self, parent_pid: int) -> Optional[Any]:
+        """A socket that becomes readable when ``parent_pid`` exits (a thread waits on it)."""
         kernel32 = _kernel32()
-        handle = kernel32.OpenProcess(0x00100000, False, parent_pid)  # SYNCHRONIZE
+        handle = kernel32.OpenProcess(SYNCHRONIZE, False, parent_pid)
         if not handle:
             return None
         reader, writer = socket.socketpair()
 
         def wait_for_parent() -> None:
-            kernel32.WaitForSingleObject(handle, 0xFFFFFFFF)
-            writer.send(b"x")
+            kernel32.WaitForSingleObject(handle, INFINITE)
+            kernel32.CloseHandle(handle)
+            try:
+                writer.send(b"x")
+            except OSError:
+                pass  # the supervisor stopped watching
+            writer.close()
 
-        threading.Thread(target=wait_for_parent, daemon=True).start()
+        threading.Thread(target=wait_for_parent, name="parent", daemon=True).start()
         return reader
 
 
+# The named event (auto-reset, in this session's namespace) that asks a supervisor on Windows
+# to shut down gracefully, as SIGTERM does on POSIX: set it with OpenEventW + SetEvent.
+SHUTDOWN_EVENT = "Local\\supervisor-shutdown-%d"
+WAIT_OBJECT_0 = 0
+CREATE_SUSPENDED = 0x00000004
+PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+SYNCHRONIZE = 0x00100000
+STILL_ACTIVE = 259
+INFINITE = 0xFFFFFFFF
+JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x2000
+JOB_OBJECT_BASIC_ACCOUNTING_INFORMATION = 1
+JOB_OBJECT_EXTENDED_LIMIT_INFORMATION = 9
+
+_WIN32_LIBRARIES: Dict[str, Any] = {}
+
+
 def _kernel32() -> Any:
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-    kernel32.OpenProcess.restype = ctypes.c_void_p
-    kernel32.CreateJobObjectW.restype = ctypes.c_void_p
-    for name in ("CloseHandle", "TerminateJobObject", "GetExitCodeProcess",
-                 "AssignProcessToJobObject", "SetInformationJobObject",
-                 "QueryInformationJobObject", "WaitForSingleObject"):
-        getattr(kernel32, name).argtypes = None
+    """kernel32 with the prototypes used here (handles are pointer-sized), loaded once."""
+    if "kernel32" in _WIN32_LIBRARIES:
+        return _WIN32_LIBRARIES["kernel32"]
+    from ctypes import wintypes
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    handle, dword, pointer = wintypes.HANDLE, wintypes.DWORD, ctypes.c_void_p
+    prototypes = {
+        "OpenProcess": (handle, [dword, wintypes.BOOL, dword]),
+        "CloseHandle": (wintypes.BOOL, [handle]),
+        "GetExitCodeProcess": (wintypes.BOOL, [handle, pointer]),
+        "WaitForSingleObject": (dword, [handle, dword]),
+        "CreateJobObjectW": (handle, [pointer, wintypes.LPCWSTR]),
+        "SetInformationJobObject": (wintypes.BOOL, [handle, ctypes.c_int, pointer, dword]),
+        "QueryInformationJobObject": (wintypes.BOOL,
+                                      [handle, ctypes.c_int, pointer, dword, pointer]),
+        "AssignProcessToJobObject": (wintypes.BOOL, [handle, handle]),
+        "TerminateJobObject": (wintypes.BOOL, [handle, wintypes.UINT]),
+        "IsProcessInJob": (wintypes.BOOL, [handle, handle, pointer]),
+        "CreateEventW": (handle, [pointer, wintypes.BOOL, wintypes.BOOL, wintypes.LPCWSTR]),
+    }
+    for name, (restype, argtypes) in prototypes.items():
+        function = getattr(kernel32, name)
+        function.restype, function.argtypes = restype, argtypes
+    _WIN32_LIBRARIES["kernel32"] = kernel32
     return kernel32
+
+
+def _ntdll() -> Any:
+    """ntdll for NtResumeProcess: resuming a process started suspended needs its main thread
+    handle otherwise, which Popen closes."""
+    if "ntdll" not in _WIN32_LIBRARIES:
+        ntdll = ctypes.WinDLL("ntdll")  # type: ignore[attr-defined]
+        ntdll.NtResumeProcess.restype = ctypes.c_long
+        ntdll.NtResumeProcess.argtypes = [ctypes.c_void_p]
+        _WIN32_LIBRARIES["ntdll"] = ntdll
+    return _WIN32_LIBRARIES["ntdll"]
+
+
+def _process_handle(proc: subprocess.Popen) -> int:
+    return int(proc._handle)  # type: ignore[attr-defined]  # Windows Popen keeps it here
 
 
 def _windows_job(proc: subprocess.Popen) -> Any:
@@ -1269,14 +1453,17 @@ def _windows_job(proc: subprocess.Popen) -> Any:
 
     kernel32 = _kernel32()
     job = kernel32.CreateJobObjectW(None, None)
+    if not job:
+        raise ctypes.WinError(ctypes.get_last_error())  # type: ignore[attr-defined]
     limits = ExtendedLimits()
-    limits.BasicLimitInformation.LimitFlags = 0x2000  # JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
-    kernel32.SetInformationJobObject(ctypes.c_void_p(job), 9, ctypes.byref(limits),
-                                     ctypes.sizeof(limits))
-    # A grandchild started before this line escapes the job: a race Popen cannot close,
-    # as it offers no way to start the child suspended.
-    kernel32.AssignProcessToJobObject(ctypes.c_void_p(job), ctypes.c_void_p(int(proc._handle)))
-    return ctypes.c_void_p(job)
+    limits.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
+    if not (kernel32.SetInformationJobObject(job, JOB_OBJECT_EXTENDED_LIMIT_INFORMATION,
+                                             ctypes.byref(limits), ctypes.sizeof(limits))
+            and kernel32.AssignProcessToJobObject(job, _process_handle(proc))):
+        error = ctypes.WinError(ctypes.get_last_error())  # type: ignore[attr-defined]
+        kernel32.CloseHandle(job)
+        raise error
+    return job
 
 
 def _windows_job_active_processes(job: Any) -> int:
@@ -1290,10 +1477,33 @@ def _windows_job_active_processes(job: Any) -> int:
                     ("TotalTerminatedProcesses", ctypes.c_uint32)]
 
     info = Accounting()
-    if not _kernel32().QueryInformationJobObject(job, 1, ctypes.byref(info),
-                                                 ctypes.sizeof(info), None):
+    if not _kernel32().QueryInformationJobObject(job, JOB_OBJECT_BASIC_ACCOUNTING_INFORMATION,
+                                                 ctypes.byref(info), ctypes.sizeof(info), None):
         return 0
     return int(info.ActiveProcesses)
+
+
+def _socket_for_pipe(fd: int) -> socket.socket:
+    """A socket that receives what is written into pipe ``fd``, for a loop that can wait on
+    sockets only (Windows). A thread copies until every writer has closed the pipe, then
+    closes its end, so the reader sees the end of the output as usual."""
+    reader, writer = socket.socketpair()
+
+    def copy() -> None:
+        try:
+            while True:
+                data = os.read(fd, OUTPUT_CHUNK)
+                if not data:
+                    break
+                writer.sendall(data)  # blocks while the loop lags: the service waits, as on POSIX
+        except OSError:
+            pass  # the loop closed its end: nobody wants this output any more
+        finally:
+            os.close(fd)
+            writer.close()
+
+    threading.Thread(target=copy, name="pipe-%d" % fd, daemon=True).start()
+    return reader
 
 
 def _signal_zero(kill: Callable[[int, int], None], target: int) -> bool:
@@ -1304,6 +1514,19 @@ def _signal_zero(kill: Callable[[int, int], None], target: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        pass
+    try:
+        import psutil
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except Exception:  # noqa: BLE001 - psutil missing, or the process is gone
+        return False
 
 
 def _exit_info(status: int) -> ExitInfo:
@@ -1444,7 +1667,10 @@ VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def expand_variables(text: str, env: Mapping[str, str]) -> str:
-    """``${VAR}`` and ``${VAR:-default}`` from ``env`` (unset is empty, as in a shell); ``$$`` is $."""
+    """``${VAR}`` and ``${VAR:-default}`` from ``env`` (unset is empty, as in a shell).
+
+    ``$$`` is a literal $.
+    """
     def replace(match: Any) -> str:
         if match.group(0) == "$$":
             return "$"
@@ -1513,7 +1739,7 @@ class RotatingFile:
     def write(self, data: bytes) -> None:
         try:
             if self._fd is None:
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                self._fd = os.open(self.path, APPEND_FLAGS, 0o644)
                 self._size = os.fstat(self._fd).st_size
             while data:
                 piece = data
@@ -1544,7 +1770,7 @@ class RotatingFile:
             os.replace(self.path, self.path + ".1")
         else:
             os.unlink(self.path)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(self.path, APPEND_FLAGS, 0o644)
         self._size = 0
 
     def close(self) -> None:
@@ -1557,19 +1783,35 @@ class OutputPipe:
     """The read end of one service stream: read without blocking, split into lines, and
     handed to the service's line watcher and to where the output goes."""
 
-    def __init__(self, fd: int, service: "Service", stream: str,
+    def __init__(self, source: Any, service: "Service", stream: str,
                  deliver: Callable[[List[bytes]], None]):
-        self.fd = fd
+        # a pipe's descriptor, or where pipes cannot be waited on (Windows) a socket that a
+        # thread copies the pipe into (processes.readable())
+        self._socket: Optional[socket.socket] = source if isinstance(source, socket.socket) \
+            else None
+        self.fd: int = source.fileno() if self._socket is not None else source
         self.service = service
         self.stream = stream  # "stdout" | "stderr"
         self.deliver = deliver
         self._partial = b""
-        os.set_blocking(fd, False)
+        if self._socket is not None:
+            self._socket.setblocking(False)
+        else:
+            os.set_blocking(self.fd, False)
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+        else:
+            os.close(self.fd)
 
     def read(self) -> bool:
         """Read what is there; False once every writer has closed its end."""
         try:
-            data = os.read(self.fd, OUTPUT_CHUNK)
+            if self._socket is not None:
+                data = self._socket.recv(OUTPUT_CHUNK)
+            else:
+                data = os.read(self.fd, OUTPUT_CHUNK)
         except (BlockingIOError, InterruptedError):
             return True
         except OSError:
@@ -1590,9 +1832,10 @@ class OutputPipe:
 
     def _lines(self, lines: List[bytes]) -> None:
         self.service.recent_output.extend(lines)
-        if self.service.probe is not None:
-            for line in lines:
-                self.service.probe.line(line.decode(errors="replace"))
+        for line in lines:
+            if self.service.probe is None:
+                break  # none, or it succeeded on an earlier line of this read
+            self.service.probe.line(line.decode(errors="replace"))
         self.deliver(lines)
 
 
@@ -1690,6 +1933,9 @@ FINAL_REAP_GRACE = 5.0
 # Re-check cadence for a stopping service whose processes cannot wake us when they die
 # (only where they are not re-parented to us, i.e. not on Linux).
 ORPHAN_RECHECK_INTERVAL = 0.05
+# How long the state file may lag behind: a SIGKILLed supervisor's successor also finds
+# services younger than that, by their tag.
+STATE_WRITE_DELAY = 0.1
 
 
 class ServiceManager:
@@ -1720,6 +1966,7 @@ class ServiceManager:
         self._pending_signals: List[int] = []
         self._selector = selectors.DefaultSelector()
         self._wakeup: Optional[Tuple[socket.socket, socket.socket]] = None
+        self._parent_watch: Any = None  # what processes.watch_parent() gave, until it fired
         self._recheck: Optional[Timer] = None
         self._pipes: Dict[int, OutputPipe] = {}
         self._files: Dict[str, RotatingFile] = {}
@@ -1730,7 +1977,10 @@ class ServiceManager:
         self.control: Optional[ControlServer] = None
         self._replies_after_stop: List[Tuple[List[Service], Callable[[], None]]] = []
         self._requested: Optional[Exception] = None  # raised by the loop once replies are out
-        self._state_dirty = False
+        self._state_write: Optional[Timer] = None
+        self._state_written = -STATE_WRITE_DELAY  # clock() of the last state file write
+        self._start_times: Dict[int, Optional[float]] = {}  # pid -> start time, for the state file
+        self._environments: Dict[str, Tuple[ServiceConfig, Dict[str, str], List[str]]] = {}
         self.state_file: Optional[str] = None  # where live PIDs are kept, once running for real
 
     # -- public API
@@ -1764,7 +2014,7 @@ class ServiceManager:
         self._handle_signals()
         for pid, info in self.processes.reap():
             self._on_exit(pid, info)
-        self.timers.run_due()
+        self.timers.run_due(lambda: bool(self._pending_signals))
         for service in list(self.services.values()):  # a stop may remove it (reload)
             if service.state is State.STOPPING:
                 self._check_stopped(service)
@@ -1774,8 +2024,6 @@ class ServiceManager:
             self._stop_waves()
             if not any(s.state is State.STOPPING for s in self.services.values()):
                 self.finished = True
-        if self._state_dirty and self.state_file:
-            self._write_state(self.state_file)
 
     def run_monitoring(self) -> None:
         """The main loop: sleep until something happens, then ``monitor_services()``."""
@@ -1817,11 +2065,21 @@ class ServiceManager:
         """Shut down when the process that started us goes away (--exit-with-parent)."""
         watch = self.processes.watch_parent(parent_pid)
         if watch is not None:
+            self._parent_watch = watch
             self._selector.register(watch, selectors.EVENT_READ, self._parent_gone)
         if os.getppid() != parent_pid:
             self._parent_gone()
 
     def _parent_gone(self) -> None:
+        # The watch stays readable once it fired (a pidfd or kqueue of a dead process, a
+        # socket with unread data): drop it, or it would wake the loop for ever.
+        watch, self._parent_watch = self._parent_watch, None
+        if watch is not None:
+            self._selector.unregister(watch)
+            if isinstance(watch, int):
+                os.close(watch)
+            else:
+                watch.close()
         if not self.shutting_down:
             log("info", "the parent process is gone; shutting down")
             self.shutdown()
@@ -1840,6 +2098,16 @@ class ServiceManager:
         if source is not None:
             self._selector.register(source, selectors.EVENT_READ,
                                     lambda: _drain(source))
+        requests = self.processes.shutdown_requests()
+        if requests is not None:
+            self._selector.register(requests, selectors.EVENT_READ,
+                                    lambda: self._shutdown_requested(requests))
+
+    def _shutdown_requested(self, requests: socket.socket) -> None:
+        _drain(requests)
+        if not self.shutting_down:
+            log("info", "shutdown requested through the shutdown event")
+            self.shutdown()
 
     def _record_signal(self, signum: int, frame: Any) -> None:
         self._pending_signals.append(signum)
@@ -1927,9 +2195,10 @@ class ServiceManager:
             return
         for stream, reader, writer in pipes:
             os.close(writer)
-            self._add_pipe(OutputPipe(reader, service, stream, self._output_sink(service, stream)))
+            self._add_pipe(OutputPipe(self.processes.readable(reader), service, stream,
+                                      self._output_sink(service, stream)))
         self._track(service, pid)
-        self._state_dirty = True
+        self._state_changed()
         service.started_at = self.clock()
         service.start_error = None
         log("info", "spawned pid %d (attempt %d)" % (pid, service.retries + 1), service.name)
@@ -1947,24 +2216,32 @@ class ServiceManager:
     def _launch(self, service: Service, pipes: List[Tuple[str, int, int]]) -> Launch:
         """What to start for ``service``: variables expanded, output wired to pipes we read."""
         config = service.config
-        env = dict(os.environ)
-        env.update((key, expand_variables(value, os.environ)) for key, value in config.env.items())
-        env[SERVICE_TAG_ENV] = self.tag_prefix + service.name
-        words = [expand_variables(word, env) for word in config.command]
+        env, words = self._environment(service)
         streams: Dict[str, Any] = {}
         for stream in ("stdout", "stderr"):
             mode = getattr(config, stream).mode
             watched = config.ready is not None and config.ready.kind == "log"
             if mode == "null" and not watched:
                 streams[stream] = subprocess.DEVNULL
-            elif mode == "inherit" and not self.processes.selectable_pipes:
-                streams[stream] = None  # no prefixing where pipes cannot be waited on
             else:
                 reader, writer = os.pipe()
                 pipes.append((stream, reader, writer))
                 streams[stream] = writer
         return Launch(words[0] if config.shell else words, config.shell, config.cwd, env,
                       streams["stdout"], streams["stderr"], config.user, config.umask)
+
+    def _environment(self, service: Service) -> Tuple[Dict[str, str], List[str]]:
+        """The service's environment and expanded command, built once per config."""
+        config = service.config
+        cached = self._environments.get(service.name)
+        if cached is not None and cached[0] is config:
+            return cached[1], cached[2]
+        env = dict(os.environ)
+        env.update((key, expand_variables(value, os.environ)) for key, value in config.env.items())
+        env[SERVICE_TAG_ENV] = self.tag_prefix + service.name
+        words = [expand_variables(word, env) for word in config.command]
+        self._environments[service.name] = (config, env, words)
+        return env, words
 
     def _output_sink(self, service: Service, stream: str) -> Callable[[List[bytes]], None]:
         spec = getattr(service.config, stream)
@@ -1987,10 +2264,17 @@ class ServiceManager:
         self._pipes[pipe.fd] = pipe
         self._selector.register(pipe.fd, selectors.EVENT_READ, lambda: self._read_pipe(pipe))
 
+    def close_pipes(self) -> None:
+        """Stop reading the services' output (before they are killed for a restart)."""
+        for pipe in list(self._pipes.values()):
+            self._selector.unregister(pipe.fd)
+            pipe.close()
+        self._pipes.clear()
+
     def _read_pipe(self, pipe: OutputPipe) -> None:
         if not pipe.read():
             self._selector.unregister(pipe.fd)
-            os.close(pipe.fd)
+            pipe.close()
             del self._pipes[pipe.fd]
 
     def _ready(self, service: Service) -> None:
@@ -2106,13 +2390,17 @@ class ServiceManager:
         service.leftovers = tagged - {pid}
         log("info", "stopping pid %d with %s" % (pid, signame), service.name)
         service.transition("stopping", State.STOPPING, pid=pid, signal=signame)
-        self.processes.send_group(pid, signame)
+        delivered = self.processes.send_group(pid, signame)
         for other in service.leftovers:
             if not self.processes.in_group(other, pid):
                 self.processes.send(other, signame)  # it left the group: tell it directly
             self._watch(other)
         service.timer = self.timers.call_later(service.config.stop_timeout,
                                                lambda: self._force_kill([service]))
+        if not delivered and self.processes.group_alive(pid):
+            # The group lives but cannot be asked to stop (Windows without a console shared
+            # with the service): waiting out stop_timeout would change nothing.
+            self._force_kill([service])
 
     def _stop_waves(self) -> None:
         """Stop every service that no live service depends on (dependents stop first)."""
@@ -2144,7 +2432,7 @@ class ServiceManager:
             service.name)
         service.transition("stopped", State.STOPPED, pid=pid, forced=service.forced,
                            returncode=info.returncode, signal=info.signal)
-        self._state_dirty = True
+        self._state_changed()
         self._after_stop(service)
 
     def _after_stop(self, service: Service) -> None:
@@ -2294,11 +2582,11 @@ class ServiceManager:
 
     def status(self, service: Service) -> Dict[str, Any]:
         """What ``supervisor status`` shows of one service."""
-        running = service.pid is not None and service.started_at is not None
+        started = service.started_at if service.pid is not None else None
         last = service.last_exit
         return {
             "name": service.name, "state": service.state.value, "pid": service.pid,
-            "uptime": round(self.clock() - service.started_at, 3) if running else None,
+            "uptime": round(self.clock() - started, 3) if started is not None else None,
             "restarts": service.restarts,
             "last_exit": dataclasses.asdict(last) if last else None,
             **(_resources(service.pid) if service.pid is not None else {}),
@@ -2360,16 +2648,35 @@ class ServiceManager:
         if settings.control_socket:
             return settings.control_socket + ".state"
         folder = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-        key = hashlib.sha1(os.path.abspath(self.config.path).encode()).hexdigest()[:16]
-        return os.path.join(folder, "supervisor-%s.state" % key)
+        path = os.path.abspath(self.config.path)
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(path))
+        return os.path.join(folder, "supervisor-%s-%08x.state" % (
+            name, binascii.crc32(path.encode())))
 
-    def _write_state(self, path: str) -> None:
-        self._state_dirty = False
+    def _state_changed(self) -> None:
+        """Write the state file now, or, right after a write, once STATE_WRITE_DELAY has
+        passed: changes close together (a storm) cost one write."""
+        if not self.state_file or self._state_write is not None:
+            return
+        due = self._state_written + STATE_WRITE_DELAY
+        if due <= self.clock():
+            self._write_state()
+        else:
+            self._state_write = self.timers.call_at(due, self._write_state)
+
+    def _write_state(self) -> None:
+        self._state_write = None
+        self._state_written = self.clock()
+        path = self.state_file
+        assert path is not None
+        live = {s.pid for s in self.services.values() if s.pid is not None} | {os.getpid()}
+        for pid in live - set(self._start_times):
+            self._start_times[pid] = self.processes.start_time(pid)
+        self._start_times = {pid: self._start_times[pid] for pid in live}
         me = os.getpid()
-        state = {"supervisor": {"pid": me, "start_time": self.processes.start_time(me)},
+        state = {"supervisor": {"pid": me, "start_time": self._start_times[me]},
                  "tag_prefix": self.tag_prefix,
-                 "services": {s.name: {"pid": s.pid, "start_time":
-                                       self.processes.start_time(s.pid)}
+                 "services": {s.name: {"pid": s.pid, "start_time": self._start_times[s.pid]}
                               for s in self.services.values() if s.pid is not None}}
         try:
             with open(path + ".tmp", "w") as state_file:
@@ -2466,7 +2773,8 @@ class ServiceManager:
             elif saved["state"] == "backoff":
                 service.state = State.BACKOFF
                 due = saved["restart_due"] if saved["restart_due"] is not None else self.clock()
-                service.timer = self.timers.call_at(due, lambda s=service: self._spawn(s))
+                service.timer = self.timers.call_at(
+                    due, lambda s=service: self._spawn(s))  # type: ignore[misc]  # default arg
             elif saved["state"] in ("exited", "fatal"):
                 service.state = State(saved["state"])
 
@@ -2535,8 +2843,8 @@ class ControlServer:
 
     def open(self, inherited_fd: Optional[int] = None, token: Optional[str] = None) -> None:
         if inherited_fd is not None:
-            os.set_inheritable(inherited_fd, False)
             self.listener = socket.socket(fileno=inherited_fd)
+            self.listener.set_inheritable(False)  # (os.set_inheritable fails on Windows sockets)
             self.token = token
         elif hasattr(socket, "AF_UNIX"):
             self.listener = self._bind_unix()
@@ -2579,9 +2887,8 @@ class ControlServer:
     def handoff(self) -> Dict[str, Any]:
         """The listening socket crosses an exec, so clients never find nobody there."""
         assert self.listener is not None
-        fd = self.listener.fileno()
-        os.set_inheritable(fd, True)
-        return {"fd": fd, "token": self.token}
+        self.listener.set_inheritable(True)
+        return {"fd": self.listener.fileno(), "token": self.token}
 
     def close(self, unlink: bool = True) -> None:
         for client in list(self.clients.values()):
@@ -2809,12 +3116,21 @@ def take_handoff() -> Optional[Dict[str, Any]]:
 
 # --------------------------------------------------------------------------- running
 
+class RestartInProcess(Exception):
+    """Raised out of ``Runner.run()`` where an exec cannot keep the services (Windows):
+    ``main()`` runs a fresh image in this same process with ``state``, which starts them."""
+
+    def __init__(self, state: Dict[str, Any]):
+        super().__init__("restart in-process")
+        self.state = state
+
+
 class Runner:
     """Runs one supervisor image: load, start or adopt, loop, and respawn itself on errors."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, handoff: Optional[Dict[str, Any]] = None):
         self.args = args
-        self.handoff = take_handoff()
+        self.handoff = handoff if handoff is not None else take_handoff()
         self.config_path = os.path.abspath(args.config)
 
     def run(self) -> int:
@@ -2877,6 +3193,8 @@ class Runner:
     def _reexec(self, manager: ServiceManager, history: List[float], respawn_count: int,
                 parent_pid: Optional[int]) -> None:
         block_signals()
+        if not manager.processes.exec_keeps_children:
+            raise self._restart_in_process(manager, history, respawn_count, parent_pid)
         state = manager.handoff_state(history, parent_pid)
         state["respawn_count"] = respawn_count
         path = write_handoff(state)
@@ -2889,6 +3207,22 @@ class Runner:
             log("error", "cannot re-execute %s: %s" % (sys.executable, exc))
             manager.kill_everything()
             sys.exit(EXIT_FAILURE)
+
+    @staticmethod
+    def _restart_in_process(manager: ServiceManager, history: List[float], respawn_count: int,
+                            parent_pid: Optional[int]) -> RestartInProcess:
+        """The re-exec where exec cannot keep the services (Windows): its emulation starts a
+        new process, which cannot inherit them (their job objects close with this one) and
+        which our parent would not be waiting on. So this image kills its services, keeping
+        the PID, the control socket and the respawn history, and a fresh image started in
+        this process starts the services again."""
+        manager.close_pipes()
+        state = manager.handoff_state(history, parent_pid)
+        state["respawn_count"] = respawn_count
+        manager.kill_everything()
+        manager.close(for_exec=True)
+        log("warning", "services cannot outlive a re-exec on this OS: they are started again")
+        return RestartInProcess(state)
 
     @staticmethod
     def _stop_after_failure(manager: ServiceManager) -> None:
@@ -2959,7 +3293,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("%s: OK (%d services)" % (args.config, len(config.services)))
         return EXIT_OK
     if args.command == "run":
-        return Runner(args).run()
+        handoff = None
+        while True:
+            try:
+                return Runner(args, handoff).run()
+            except RestartInProcess as restart:
+                handoff = restart.state
     return control_command(args)
 
 
@@ -2985,7 +3324,7 @@ def control_command(args: argparse.Namespace) -> int:
     if not reply.get("ok"):
         print("error: %s" % reply.get("error"), file=sys.stderr)
         return EXIT_USAGE if "unknown service" in str(reply.get("error")) else EXIT_FAILURE
-    result = reply.get("result")
+    result: Any = reply.get("result")
     if args.command == "status" and not args.json:
         print(format_status(result))
     elif isinstance(result, dict) and not args.json:

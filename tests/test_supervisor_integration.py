@@ -110,6 +110,19 @@ def test_on_failure_retries_with_the_delay_then_gives_up(supervisor_factory, dum
     assert [e["delay"] for e in scheduled] == [0.5, 0.5, 0.5]
 
 
+def under_wine():
+    if sys.platform != "win32":
+        return False
+    import ctypes
+
+    return hasattr(ctypes.WinDLL("ntdll"), "wine_get_version")
+
+
+@pytest.mark.skipif(
+    under_wine(),
+    reason="under wine, listing processes (as the harness does while it watches) charges CPU"
+    " time to every process listed: an idle supervisor cannot be measured from outside",
+)
 def test_given_up_service_costs_nothing_afterwards(supervisor_factory, dummy_service):
     handle = supervisor_factory.spawn(
         {"services": {"broken": {"command": dummy_service(crash_at_start=True), "max_retries": 2}}}
@@ -153,7 +166,9 @@ def test_missing_command_is_a_failed_start_and_the_rest_keeps_running(
         }
     )
     failed = handle.wait_for("spawn_failed", "missing")
-    assert "No such file or directory" in failed["error"]
+    assert failed["error"].startswith("FileNotFoundError: ")  # the OS's words follow
+    if sys.platform != "win32":
+        assert "No such file or directory" in failed["error"]
     assert handle.wait_for("gave_up", "missing")["retries"] == 1
     handle.kill("healthy")
     handle.assert_respawned("healthy", within=5.0)
@@ -224,8 +239,7 @@ def test_sigterm_ignoring_service_is_sigkilled_after_stop_timeout(
     assert handle.wait_exit(timeout=15) == 0
 
 
-@posix_only
-@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signame", ["graceful_stop", pytest.param("SIGINT", marks=posix_only)])
 def test_graceful_shutdown_stops_every_service_first(supervisor_factory, dummy_service, signame):
     services = {"s%d" % i: {"command": dummy_service(), "restart": "always"} for i in range(3)}
     handle = supervisor_factory.spawn({"services": services})
@@ -338,7 +352,6 @@ def test_reexec_on_sigusr2_keeps_services(supervisor_factory, dummy_service):
     assert "self_respawn" not in names(handle)
 
 
-@posix_only
 def test_sigterm_during_backoff_exits_cleanly(supervisor_factory, dummy_service):
     handle = supervisor_factory.spawn(
         {
@@ -351,12 +364,11 @@ def test_sigterm_during_backoff_exits_cleanly(supervisor_factory, dummy_service)
         }
     )
     handle.wait_for("restart_scheduled", "later")
-    handle.signal("SIGTERM")
+    handle.signal("graceful_stop")  # SIGTERM; Windows: CTRL_BREAK_EVENT
     assert handle.wait_exit(timeout=15) == 0
     assert handle.wait_for("stopped", "later")["pid"] is None
 
 
-@posix_only
 @pytest.mark.parametrize("moment", range(12))
 def test_sigterm_at_any_moment_of_a_crash_storm(supervisor_factory, dummy_service, moment):
     """Ten services dying every few milliseconds; SIGTERM lands after a varying number of
@@ -371,7 +383,7 @@ def test_sigterm_at_any_moment_of_a_crash_storm(supervisor_factory, dummy_servic
     }
     handle = supervisor_factory.spawn({"services": services})
     handle.wait_for("spawned", timeout=30, predicate=nth(10 + moment * 7))
-    handle.signal("SIGTERM")
+    handle.signal("graceful_stop")  # SIGTERM; Windows: CTRL_BREAK_EVENT
     assert handle.wait_exit(timeout=20) == 0
     spawned = {e["pid"] for e in handle.events if e["event"] == "spawned"}
     assert wait_gone(spawned, timeout=1.0) == []
