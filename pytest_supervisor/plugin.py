@@ -92,7 +92,18 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SETTINGS_KEY] = settings_module.parse(config.rootpath, **raw)
     except settings_module.SettingsError as error:
         raise pytest.UsageError(f"pytest-supervisor: {error}") from None
+    if raw["scenarios_dir"] is not None:
+        _collect_scenarios_too(config, config.stash[SETTINGS_KEY].scenarios_dir)
     report_plugin.configure(config, config.stash[SETTINGS_KEY].report_dir)
+
+
+def _collect_scenarios_too(config: pytest.Config, folder: Path) -> None:
+    """A folder named with --scenarios is collected even when no test path includes it."""
+    for arg in config.args:
+        path = Path(config.invocation_params.dir, arg.split("::")[0]).resolve()
+        if folder.resolve() == path or path in folder.resolve().parents:
+            return
+    config.args.append(str(folder))
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -629,6 +629,16 @@ def test_the_scenarios_option_names_the_folder_whose_yaml_files_are_scenarios(
     result.assert_outcomes(passed=1)
 
 
+@pytest.mark.integration
+def test_the_scenarios_folder_is_collected_without_naming_it_as_a_path(
+    pytester: pytest.Pytester,
+) -> None:
+    write_scenario(pytester.mkdir("checks"), GOOD, "respawn.yaml")
+    pytester.makepyfile(test_other="def test_other():\n    pass\n")
+    result = run_pytest(pytester, "--scenarios", "checks", "test_other.py")
+    result.assert_outcomes(passed=2)
+
+
 @pytest.mark.unit
 def test_the_guide_shows_real_scenario_files_word_for_word() -> None:
     guide = (REPOSITORY / "docs" / "scenarios.md").read_text("utf-8")
