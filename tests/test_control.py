@@ -281,9 +281,9 @@ def test_garbage_on_the_socket_never_delays_a_respawn(supervisor_factory, dummy_
     sent = [0]
     stop = threading.Event()
 
-    def fuzz(seed):
+    def fuzz(seed, until):
         local = random.Random(seed)
-        while not stop.is_set() and sent[0] < 10000:
+        while not until.is_set() and sent[0] < 10000:
             try:
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
                     client.settimeout(5)
@@ -303,22 +303,22 @@ def test_garbage_on_the_socket_never_delays_a_respawn(supervisor_factory, dummy_
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         client.connect(sock_path)
         silent.append(client)
-    threads = [threading.Thread(target=fuzz, args=(rng.random(),)) for _ in range(4)]
+    threads = [threading.Thread(target=fuzz, args=(rng.random(), stop)) for _ in range(4)]
     for thread in threads:
         thread.start()
+    kills = 0
     try:
-        for _ in range(20):
+        while kills < 20 or sent[0] < 10000:  # the kills go on until all the garbage is in
             handle.kill("victim")
             handle.assert_respawned("victim", within=1.0)
+            kills += 1
+            assert kills < 5000, "the fuzzers stalled at %d messages" % sent[0]
     finally:
         stop.set()
         for thread in threads:
             thread.join()
         for client in silent:
             client.close()
-    # the fuzzers stop at 10,000 messages; make sure they got there
-    while sent[0] < 10000:
-        fuzz(rng.random())
     result = cli("status", "--json", "--socket", sock_path)
     assert result.returncode == 0 and json.loads(result.stdout)[0]["state"] == "running"
     assert psutil.Process(handle.pid).is_running()
