@@ -1195,20 +1195,22 @@ class WindowsProcesses:
         ``SHUTDOWN_EVENT % our pid``: how to ask us to shut down without sharing our console
         (CTRL_BREAK_EVENT needs one; a service manager, a CI runner or wine has none)."""
         kernel32 = _kernel32()
-        event = kernel32.CreateEventW(None, False, False, SHUTDOWN_EVENT % os.getpid())
+        # Manual-reset and never reset: a request stands until we exit, so the image of an
+        # in-process restart, which waits on the same event, sees it too.
+        event = kernel32.CreateEventW(None, True, False, SHUTDOWN_EVENT % os.getpid())
         if not event:
             return None
         reader, writer = socket.socketpair()
         reader.setblocking(False)
 
-        def relay_requests() -> None:
-            while kernel32.WaitForSingleObject(event, INFINITE) == WAIT_OBJECT_0:
+        def relay_request() -> None:
+            if kernel32.WaitForSingleObject(event, INFINITE) == WAIT_OBJECT_0:
                 try:
                     writer.send(b"x")
                 except OSError:
-                    return  # the loop that listened is gone (a restart makes a new one)
+                    pass  # the loop that listened is gone
 
-        threading.Thread(target=relay_requests, name="shutdown-event", daemon=True).start()
+        threading.Thread(target=relay_request, name="shutdown-event", daemon=True).start()
         return reader
 
     # -- starting
@@ -1369,8 +1371,8 @@ class WindowsProcesses:
         return reader
 
 
-# The named event (auto-reset, in this session's namespace) that asks a supervisor on Windows
-# to shut down gracefully, as SIGTERM does on POSIX: set it with OpenEventW + SetEvent.
+# The named event (in this session's namespace) that asks a supervisor on Windows to shut
+# down gracefully, as SIGTERM does on POSIX: set it with OpenEventW + SetEvent.
 SHUTDOWN_EVENT = "Local\\supervisor-shutdown-%d"
 WAIT_OBJECT_0 = 0
 CREATE_SUSPENDED = 0x00000004

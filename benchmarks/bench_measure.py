@@ -24,8 +24,16 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import psutil
 
 from bench_observe import Observer, Spawn, Watch, cpu_seconds
-from bench_subjects import (Backoff, Launcher, Service, Subject, crashing_services,
-                            python_services, sleep_services, tagged_processes)
+from bench_subjects import (
+    Backoff,
+    Launcher,
+    Service,
+    Subject,
+    crashing_services,
+    python_services,
+    sleep_services,
+    tagged_processes,
+)
 
 NS = 1_000_000_000
 # Longest wait for one replacement: supervisord's main loop alone may take a second.

@@ -30,8 +30,16 @@ import psutil
 import bench_measure as measure
 import bench_report as report
 from bench_observe import open_observer
-from bench_subjects import (REPO_ROOT, Circus, FloorRespawner, Launcher, Peer,
-                            PytestSupervisor, Subject, Supervisord)
+from bench_subjects import (
+    REPO_ROOT,
+    Circus,
+    FloorRespawner,
+    Launcher,
+    Peer,
+    PytestSupervisor,
+    Subject,
+    Supervisord,
+)
 
 
 class Benchmark(NamedTuple):

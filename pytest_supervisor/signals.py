@@ -58,6 +58,43 @@ class Signal:
         os.kill(pid, self.number)
 
 
+# The named event a supervisor on Windows waits on for a graceful shutdown (supervisor.py's
+# SHUTDOWN_EVENT): what the harness sets where it cannot send the supervisor CTRL_BREAK_EVENT.
+SHUTDOWN_EVENT = "Local\\supervisor-shutdown-%d"
+
+
+@dataclass(frozen=True)
+class ConsoleBreak(Signal):
+    """CTRL_BREAK_EVENT to a process group. It needs a console shared with the target; where
+    there is none (a service manager, some CI runners, wine) a supervisor is sent its
+    shutdown event instead, which asks for the same graceful shutdown."""
+
+    def send(self, pid: int) -> None:
+        try:
+            os.kill(pid, self.number)
+        except OSError:
+            if not _set_shutdown_event(pid):
+                raise  # not a supervisor (or gone): nothing else would stop it gently
+
+
+def _set_shutdown_event(pid: int) -> bool:
+    import ctypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32.OpenEventW.restype = ctypes.c_void_p
+    kernel32.OpenEventW.argtypes = [ctypes.c_ulong, ctypes.c_int, ctypes.c_wchar_p]
+    kernel32.SetEvent.argtypes = [ctypes.c_void_p]
+    kernel32.CloseHandle.argtypes = [ctypes.c_void_p]
+    event_modify_state = 0x0002
+    handle = kernel32.OpenEventW(event_modify_state, False, SHUTDOWN_EVENT % pid)
+    if not handle:
+        return False
+    try:
+        return bool(kernel32.SetEvent(handle))
+    finally:
+        kernel32.CloseHandle(handle)
+
+
 # What each portable name means on a POSIX system (supervisor contract, SPEC section 2).
 _POSIX_MEANINGS: dict[str, str] = {
     "graceful_stop": "SIGTERM",
@@ -84,7 +121,7 @@ _CTRL_BREAK_EVENT: int | None = getattr(signal, "CTRL_BREAK_EVENT", None)
 
 def _console_signal(name: str, ctrl_break: int) -> Signal:
     if name == "graceful_stop":
-        return Signal("CTRL_BREAK_EVENT", ctrl_break)
+        return ConsoleBreak("CTRL_BREAK_EVENT", ctrl_break)
     if name == "hard_kill":
         # os.kill() calls TerminateProcess for any value that is not one of the two
         # console control events: the equivalent of SIGKILL.

@@ -344,9 +344,15 @@ def test_another_uid_cannot_connect(supervisor_factory, dummy_service, control_d
                  "s.connect(sys.argv[1])\n"
                  "s.sendall(b'{\"v\": 1, \"cmd\": \"status\"}\\n')\n"
                  "print(repr(s.recv(100)))\n")
+
+        def become_the_other_user():  # user=/group= of subprocess need Python 3.9
+            os.setgroups([])
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+
         result = subprocess.run(["/usr/bin/python3", "-c", probe, str(sock)],
-                                capture_output=True, text=True, user=entry.pw_uid,
-                                group=entry.pw_gid, extra_groups=[], timeout=30)
+                                capture_output=True, text=True,
+                                preexec_fn=become_the_other_user, timeout=30)
         assert result.stdout.strip() in ("b''", "") or "Error" in result.stderr
         assert "running" not in result.stdout
         os.chmod(control_dir, 0o700)
