@@ -15,11 +15,11 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+from process_helpers import read_pids, wait_until
 
 import supervisor
 from pytest_supervisor.factory import SupervisorFactory
@@ -73,22 +73,8 @@ def dummy(*flags):
     return [sys.executable, DUMMY, *flags]
 
 
-def read_pids(path):
-    pids = {}
-    for line in path.read_text().splitlines():
-        role, pid = line.split()
-        pids.setdefault(role, []).append(int(pid))
-    return pids
 
 
-def wait_until(condition, what, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out waiting for " + what
-        time.sleep(0.02)
 
 
 def start_child(*flags, env=None):

@@ -4,9 +4,9 @@ processes and a real network service as a readiness target."""
 import os
 import socket
 import sys
-import time
 
 import pytest
+from process_helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -23,12 +23,6 @@ def events_of(handle, *kinds):
     return [e for e in handle.events if e["event"] in kinds]
 
 
-def wait_until(condition, what, timeout=10.0):
-    """For files other processes write: they send no event we could wait on."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for " + what
-        time.sleep(0.02)
 
 
 # -- readiness

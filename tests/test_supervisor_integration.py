@@ -11,6 +11,7 @@ import time
 
 import psutil
 import pytest
+from process_helpers import read_pids, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +25,6 @@ def names(handle, service=None):
     return [e["event"] for e in handle.events if service is None or e["service"] == service]
 
 
-def read_pids(path):
-    """{role: [pid, ...]} from a dummy's --pids-file."""
-    pids = {}
-    for line in path.read_text().splitlines():
-        role, pid = line.split()
-        pids.setdefault(role, []).append(int(pid))
-    return pids
 
 
 def nth(count):
@@ -44,12 +38,6 @@ def nth(count):
     return predicate
 
 
-def wait_until(condition, what, timeout=10.0):
-    """For files other processes write: they send no event we could wait on."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for " + what
-        time.sleep(0.02)
 
 
 def wait_for_daemon(pids_file):
