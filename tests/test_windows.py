@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from process_helpers import read_pids, wait_until
 
 import supervisor
 
@@ -48,22 +49,8 @@ def dummy(*flags):
     return [sys.executable, DUMMY, *flags]
 
 
-def read_pids(path):
-    pids = {}
-    for line in Path(path).read_text().splitlines():
-        role, pid = line.split()
-        pids.setdefault(role, []).append(int(pid))
-    return pids
 
 
-def wait_until(condition, what, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out waiting for " + what
-        time.sleep(0.05)
 
 
 def gone(pids, timeout=10.0):
@@ -196,7 +183,7 @@ def test_killing_the_supervisor_kills_every_service_tree(start, tmp_path):
         "a": {"command": dummy("--grandchildren", "1", "--pids-file", str(pids_file))},
         "b": {"command": dummy("--pids-file", str(pids_file))}})
     tree = wait_until(lambda: pids_file.exists() and len(read_pids(pids_file).get("main", ())) == 2
-                      and read_pids(pids_file), "both services to write their pids")
+                      and read_pids(pids_file), "both services to write their pids", timeout=20)
     pids = [pid for role in tree.values() for pid in role]
     handle.proc.kill()  # TerminateProcess: no chance to stop anything itself
     handle.proc.wait(10)
@@ -281,8 +268,8 @@ def test_output_goes_through_pipe_relays_prefixed_to_files_and_probes(start, tmp
         "chatty": {"command": dummy("--name", "chatty", "--ready-line", "hello there")}})
     handle.wait_for("ready", "app")
     wait_until(lambda: out.exists() and "app heartbeat 2" in out.read_text(),
-               "heartbeats in the output file")
-    wait_until(lambda: "chatty | hello there" in handle.log(), "the prefixed line")
+               "heartbeats in the output file", timeout=20)
+    wait_until(lambda: "chatty | hello there" in handle.log(), "the prefixed line", timeout=20)
     assert not [e for e in handle.events if e["event"] == "self_respawn"], handle.log()
 
 
