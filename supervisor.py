@@ -965,6 +965,14 @@ class PosixProcesses:
 
     exec_keeps_children = True  # execv keeps the PID, so the services stay our children
 
+    def release_free_memory(self) -> None:
+        """Give the C allocator's free pages back to the OS: glibc keeps the free pages inside
+        its heap, such as the 5 MB compiling this module leaves when there is no __pycache__."""
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass  # not glibc: its allocator returns free memory by itself
+
     def wakeup_source(self) -> Optional[socket.socket]:
         return None  # exits wake the loop through pidfds and SIGCHLD
 
@@ -1186,6 +1194,9 @@ class WindowsProcesses:
 
     def claim_orphans(self) -> None:
         pass  # the job objects hold each service's tree instead
+
+    def release_free_memory(self) -> None:
+        pass  # nothing like glibc's malloc_trim to call here
 
     def readable(self, fd: int) -> Any:
         return _socket_for_pipe(fd)
@@ -1914,8 +1925,11 @@ class ReadinessProbe:
             self._succeed()
 
 
+PlatformProcesses: Any = WindowsProcesses if IS_WINDOWS else PosixProcesses
+
+
 def default_processes() -> Any:
-    return WindowsProcesses() if IS_WINDOWS else PosixProcesses()
+    return PlatformProcesses()
 
 
 # --------------------------------------------------------------------------- the manager
@@ -2062,6 +2076,7 @@ class ServiceManager:
             for service in self.services.values():
                 if service.config.autostart:
                     self._request_start(service)
+        self.processes.release_free_memory()  # what loading and starting freed
 
     def watch_parent(self, parent_pid: int) -> None:
         """Shut down when the process that started us goes away (--exit-with-parent)."""
@@ -3284,8 +3299,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+# Run as a script, CPython keeps the script's parse tree until the script returns: for this
+# file about 8 MB, held for the whole life of a supervisor. An import frees it once the module
+# is compiled, or loads __pycache__ and never builds it. So `python supervisor.py run` first
+# re-executes itself (same PID, same sys.argv) to import this file and run it from there.
+_RUN_AS_IMPORT = (
+    "import importlib.util as u, sys; del sys.argv[0]; "  # "-c"; the script's path follows
+    "s = u.spec_from_file_location('supervisor', sys.argv[0]); "
+    "m = sys.modules['supervisor'] = u.module_from_spec(s); "
+    "s.loader.exec_module(m); sys.exit(m.main())")
+
+
+def run_as_import() -> None:
+    """Re-execute this script as an import (see above); returns only where that cannot be."""
+    if not PlatformProcesses.exec_keeps_children:
+        return  # no exec that keeps the PID (Windows): stay as we are
+    try:
+        os.execv(sys.executable, [sys.executable, "-c", _RUN_AS_IMPORT] + sys.argv)
+    except OSError:
+        pass  # the script runs as well, only bigger
+
+
+def main(argv: Optional[List[str]] = None, as_script: bool = False) -> int:
+    """The command line. ``as_script``: this file runs as the script, not as a module."""
     args = build_parser().parse_args(argv)
+    if as_script and args.command == "run":
+        run_as_import()
     if args.command == "check":
         try:
             config = parse_config(read_config_text(args.config), args.config)
@@ -3363,4 +3402,4 @@ def format_status(rows: List[Dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(as_script=__spec__ is None))  # no spec: a file run, not `python -m`

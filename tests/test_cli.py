@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
+
+import supervisor
 
 pytestmark = pytest.mark.integration
 
@@ -153,29 +156,54 @@ def test_the_demo_runs_fails_respawns_and_gives_up(supervisor_factory):
     handle.assert_respawned("example_service_1", within=5.0)
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX commands")
-def test_runs_with_only_the_standard_library_and_pyyaml(tmp_path):
-    """psutil made unimportable: the supervisor still runs, stops its tree and exits 0."""
-    path = write(tmp_path, "services:\n  web:\n    command: sleep 600\n")
-    events = tmp_path / "events"
-    runner = (
-        "import runpy, sys; sys.modules['psutil'] = None; "
-        "sys.argv = ['supervisor.py'] + sys.argv[1:]; "
-        "runpy.run_path(%r, run_name='__main__')" % SUPERVISOR
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", runner, "run", "-c", str(path), "--events", str(events)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def run_until_spawned(argv, env=None):
+    """`python supervisor.py ARGV` until it logs its service's start (the log says when: no
+    sleeping); returns the running process and its command line."""
+    proc = subprocess.Popen([sys.executable, *argv], stderr=subprocess.PIPE, text=True, env=env)
     try:
-        for line in proc.stderr:  # the log says when the service is up: no sleeping
+        for line in proc.stderr:
             if "spawned pid" in line:
                 break
+        return proc, psutil.Process(proc.pid).cmdline()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def terminate(proc):
+    try:
         proc.terminate()
         assert proc.wait(timeout=15) == 0
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX commands")
+def test_runs_with_only_the_standard_library_and_pyyaml(tmp_path):
+    """psutil made unimportable: the supervisor still runs, stops its tree and exits 0."""
+    path = write(tmp_path, "services:\n  web:\n    command: sleep 600\n")
+    events = tmp_path / "events"
+    hidden = tmp_path / "hide-psutil"
+    hidden.mkdir()
+    (hidden / "psutil.py").write_text("raise ImportError('psutil is hidden by the test')\n")
+    env = dict(os.environ, PYTHONPATH=str(hidden))  # still in force after the re-exec
+    proc, _ = run_until_spawned([SUPERVISOR, "run", "-c", str(path), "--events", str(events)], env)
+    terminate(proc)
     kinds = [json.loads(line)["event"] for line in events.read_text().splitlines()]
     assert kinds == ["supervisor_started", "spawned", "stopping", "stopped", "supervisor_exiting"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="only POSIX exec keeps the PID")
+def test_run_as_a_script_reexecutes_itself_as_an_import_in_the_same_process(tmp_path):
+    """Run as a script, CPython would keep the file's parse tree (8 MB) for the supervisor's
+    whole life; imported, it is freed. The PID and sys.argv stay the same."""
+    path = write(tmp_path, "services:\n  web:\n    command: sleep 600\n")
+    events = tmp_path / "events"
+    argv = [SUPERVISOR, "run", "-c", str(path), "--events", str(events)]
+    proc, cmdline = run_until_spawned(argv)
+    terminate(proc)
+    assert cmdline == [sys.executable, "-c", supervisor._RUN_AS_IMPORT, *argv]
+    started = json.loads(events.read_text().splitlines()[0])
+    assert started["event"] == "supervisor_started" and started["pid"] == proc.pid

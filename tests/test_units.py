@@ -137,6 +137,39 @@ def test_respawn_self_unblocks_signals_when_exec_fails():
     )
 
 
+def run_main_as_script(argv, execv_effect=None):
+    """main() as `python supervisor.py ARGV` runs it, with execv and the Runner mocked."""
+    with mock.patch("supervisor.os.execv", side_effect=execv_effect) as execv, mock.patch(
+        "supervisor.Runner"
+    ) as runner, mock.patch.object(sys, "argv", ["supervisor.py", *argv]):
+        runner.return_value.run.return_value = 0
+        code = supervisor.main(argv, as_script=True)
+    return code, execv, runner
+
+
+def test_run_as_a_script_reexecutes_itself_as_an_import_with_the_same_argv():
+    code, execv, runner = run_main_as_script(["run", "-c", "x.yaml"])
+    execv.assert_called_once_with(sys.executable, [
+        sys.executable, "-c", supervisor._RUN_AS_IMPORT, "supervisor.py", "run", "-c", "x.yaml"])
+    assert code == 0 and runner.call_count == 1  # reached only because execv is mocked
+
+
+def test_run_as_a_script_goes_on_as_it_is_when_the_reexec_fails():
+    code, execv, runner = run_main_as_script(["run"], execv_effect=OSError(7, "too long"))
+    assert execv.call_count == 1 and runner.call_count == 1 and code == 0
+
+
+def test_only_a_script_run_of_run_reexecutes():
+    with mock.patch("supervisor.os.execv") as execv, mock.patch("supervisor.Runner") as runner:
+        runner.return_value.run.return_value = 0
+        supervisor.main(["run"])  # imported: python -m supervisor, the console script
+    with mock.patch("supervisor.os.execv") as execv_check, mock.patch.object(
+        supervisor, "control_command", return_value=0
+    ):
+        supervisor.main(["status"], as_script=True)  # a short-lived command
+    assert execv.call_count == 0 and execv_check.call_count == 0
+
+
 def test_log_text_format():
     line = supervisor.format_log_line(0.25, "warning", "pid 7 exited", "web", "text")
     assert line.endswith(".250 WARNING [web] pid 7 exited")
