@@ -325,6 +325,43 @@ def test_garbage_on_the_socket_never_delays_a_respawn(supervisor_factory, dummy_
 
 
 @posix_only
+def test_malformed_requests_get_an_answer_that_says_what_is_wrong(supervisor_factory,
+                                                                 dummy_service, control_dir):
+    """Each kind of bad request, on one connection, then a good one on the same connection."""
+    sock_path = str(control_dir / "sock")
+    handle = supervisor_factory.spawn(config(sock_path, {"web": {"command": dummy_service()}}))
+    handle.pid_of("web")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(10)
+        client.connect(sock_path)
+        replies = client.makefile("rb")
+
+        def ask(line):
+            client.sendall(line + b"\n")
+            reply = json.loads(replies.readline())
+            assert reply["v"] == 1
+            return reply.get("id"), reply["ok"], reply.get("error")
+
+        assert ask(b"\x00\xff{") == (None, False, "not JSON")
+        assert ask(b"[1]") == (None, False, "expected a JSON object")
+        assert ask(b'{"v": 2, "id": 7, "cmd": "status"}') == (
+            7, False, "unsupported protocol version 2 (this supervisor speaks 1)")
+        assert ask(b'{"v": 1, "id": 8, "cmd": "stats"}') == (
+            8, False, "unknown command \'stats\' (did you mean \'status\'?)")
+        assert ask(b'{"v": 1, "cmd": "start", "args": ["web"]}') == (
+            None, False, "args: expected an object")
+        assert ask(b'{"v": 1, "cmd": "stop", "args": {"names": "web"}}') == (
+            None, False, "names: expected a list of service names")
+        assert ask(b'{"v": 1, "cmd": "restart", "args": {}}') == (
+            None, False, "names: give at least one service")
+        assert ask(b'{"v": 1, "id": "s", "cmd": "status"}')[:2] == ("s", True)
+        client.sendall(b"x" * 70000)  # no newline: more than a request may be
+        assert json.loads(replies.readline())["error"] == "request longer than 65536 bytes"
+        assert replies.readline() == b""  # and the supervisor hung up
+    assert handle.pid_of("web") and psutil.Process(handle.pid).is_running()
+
+
+@posix_only
 def test_another_uid_cannot_connect(supervisor_factory, dummy_service, control_dir):
     if os.geteuid() != 0:
         pytest.skip("needs root to create a user and act as it")
