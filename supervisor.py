@@ -2068,6 +2068,10 @@ class ServiceManager:
         """Install the wake-ups, announce ourselves, then adopt handed-over services or start."""
         self.processes.claim_orphans()
         self._install_wakeups()
+        # Our handlers are in place: what was blocked across an exec can come now (it is only
+        # recorded), and nothing started below, adopted services restarted included, may
+        # inherit a mask that blocks its stop signal.
+        unblock_signals()
         self.events.emit("supervisor_started", None, pid=os.getpid(), version=__version__,
                          config=config_path, respawn_count=respawn_count)
         if handoff is not None:
@@ -3180,7 +3184,6 @@ class Runner:
             # services were handed over: supervising them matters more than being reachable
             log("error", "control socket lost across the re-exec: %s" % exc)
         manager.start(handoff, respawn_count=respawn_count, config_path=self.config_path)
-        unblock_signals()
         if parent_pid is not None:
             manager.watch_parent(parent_pid)
         while True:

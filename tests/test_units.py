@@ -137,6 +137,33 @@ def test_respawn_self_unblocks_signals_when_exec_fails():
     )
 
 
+def test_a_service_restarted_while_adopting_does_not_inherit_the_exec_signal_mask():
+    """A re-executed image starts with signals blocked (they were blocked across the exec); a
+    service it must start again, instead of adopting it, gets an empty mask."""
+    manager, seen = make_manager({"web": {"command": ["server"]}})
+    handoff = {"pending_signals": [], "pipes": [], "awaiting": [], "control": None,
+               "services": {"web": {"state": "running", "pid": 4241, "retries": 0, "restarts": 0,
+                                    "started_at": 0.0, "restart_due": None, "last_exit": None}}}
+    masks = []
+
+    def spawn(launch):
+        masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        return 4242
+
+    supervisor.block_signals()  # as after the exec
+    try:
+        with mock.patch.object(manager, "_install_wakeups"), mock.patch.object(
+            manager.processes, "claim_orphans"
+        ), mock.patch.object(manager.processes, "is_child", return_value=False), mock.patch.object(
+            manager.processes, "spawn", side_effect=spawn
+        ):
+            manager.start(handoff)
+    finally:
+        supervisor.unblock_signals()
+    assert [e["pid"] for e in seen if e["event"] == "spawned"] == [4242]
+    assert len(masks) == 1 and not masks[0] & supervisor.EXEC_BLOCKED_SIGNALS
+
+
 def run_main_as_script(argv, execv_effect=None):
     """main() as `python supervisor.py ARGV` runs it, with execv and the Runner mocked."""
     with mock.patch("supervisor.os.execv", side_effect=execv_effect) as execv, mock.patch(
