@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import binascii
 import collections
+import contextlib
 import ctypes
 import dataclasses
 import difflib
@@ -62,6 +63,7 @@ from typing import (
     Deque,
     Dict,
     FrozenSet,
+    Iterator,
     List,
     Mapping,
     NamedTuple,
@@ -94,6 +96,7 @@ class _LogSettings:
     level = LOG_LEVELS["info"]
     fmt = "text"
     stream: Any = sys.stderr
+    held: Optional[List[Tuple[float, str, str, Optional[str]]]] = None  # see held_output()
 
 
 def configure_logging(level: str = "info", fmt: str = "text", path: Optional[str] = None) -> None:
@@ -115,9 +118,17 @@ def log(level: str, message: str, service: Optional[str] = None) -> None:
     """Write one human-readable log line if ``level`` passes the configured threshold."""
     if LOG_LEVELS[level] < _LogSettings.level:
         return
-    line = format_log_line(time.time(), level, message, service, _LogSettings.fmt)
+    entry = (time.time(), level, message, service)
+    if _LogSettings.held is not None:
+        _LogSettings.held.append(entry)
+    else:
+        _write_log([entry])
+
+
+def _write_log(entries: List[Tuple[float, str, str, Optional[str]]]) -> None:
+    text = "".join(format_log_line(*entry, _LogSettings.fmt) + "\n" for entry in entries)
     try:
-        _LogSettings.stream.write(line + "\n")
+        _LogSettings.stream.write(text)
         _LogSettings.stream.flush()
     except (OSError, ValueError):
         pass  # a closed or full log stream must never take the supervisor down
@@ -765,6 +776,7 @@ class EventStream:
     def __init__(self, path: Optional[str], clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self.listeners: List[Callable[[Dict[str, Any]], None]] = []
+        self.held: Optional[List[Dict[str, Any]]] = None  # see held_output()
         if path == "-":
             self._fd: Optional[int] = sys.stdout.fileno()
         elif path:
@@ -775,14 +787,42 @@ class EventStream:
     def emit(self, event: str, service: Optional[str] = None, **fields: Any) -> Dict[str, Any]:
         record = {"ts": time.time(), "mono": self.clock(), "event": event, "service": service}
         record.update(fields)
-        if self._fd is not None:
-            try:
-                os.write(self._fd, (json.dumps(record) + "\n").encode())
-            except OSError as exc:
-                log("warning", "cannot write the event stream: %s" % exc)
+        if self.held is not None:
+            self.held.append(record)
+        else:
+            self.write([record])
         for listener in self.listeners:
             listener(record)
         return record
+
+    def write(self, records: List[Dict[str, Any]]) -> None:
+        if self._fd is None or not records:
+            return
+        data = "".join(json.dumps(record) + "\n" for record in records).encode()
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+        except OSError as exc:
+            log("warning", "cannot write the event stream: %s" % exc)
+
+
+@contextlib.contextmanager
+def held_output(events: EventStream) -> Iterator[None]:
+    """Hold back log lines and events until the block ends, then write each stream in order
+    (their times are those of the moment they happened): a pass of the loop that restarts a
+    service starts it before spending time on telling about the exit."""
+    if events.held is not None:
+        yield  # already held by an enclosing block
+        return
+    events.held, _LogSettings.held = [], []
+    try:
+        yield
+    finally:
+        records, entries = events.held, _LogSettings.held
+        events.held = _LogSettings.held = None
+        events.write(records)
+        if entries:
+            _write_log(entries)
 
 
 # --------------------------------------------------------------------------- service states
@@ -2027,10 +2067,11 @@ class ServiceManager:
         if self._requested is not None:
             requested, self._requested = self._requested, None
             raise requested
-        self._handle_signals()
-        for pid, info in self.processes.reap():
-            self._on_exit(pid, info)
-        self.timers.run_due(lambda: bool(self._pending_signals))
+        with held_output(self.events):  # released before any control reply goes out
+            self._handle_signals()
+            for pid, info in self.processes.reap():
+                self._on_exit(pid, info)
+            self.timers.run_due(lambda: bool(self._pending_signals))
         for service in list(self.services.values()):  # a stop may remove it (reload)
             if service.state is State.STOPPING:
                 self._check_stopped(service)

@@ -230,3 +230,26 @@ def test_event_stream_appends_one_json_object_per_line(tmp_path):
     assert [line["event"] for line in lines] == ["spawned", "supervisor_exiting"]
     assert lines[0]["mono"] == 5.0 and lines[0]["service"] == "web" and lines[0]["pid"] == 1
     assert set(lines[1]) == {"ts", "mono", "event", "service", "code"}
+
+
+def test_held_output_is_written_in_order_when_the_outer_block_ends_even_on_error(
+        tmp_path, capsys):
+    path = tmp_path / "events.jsonl"
+    ticks = iter(range(10))
+    events = supervisor.EventStream(str(path), clock=lambda: float(next(ticks)))
+    supervisor.configure_logging("info", "text")  # to the stderr capsys captures
+    with pytest.raises(RuntimeError):
+        with supervisor.held_output(events):
+            events.emit("exited", "web", pid=1)
+            supervisor.log("warning", "pid 1 exited", "web")
+            with supervisor.held_output(events):
+                events.emit("restart_scheduled", "web", delay=0)
+            assert path.read_text() == "" and capsys.readouterr().err == ""
+            events.emit("spawned", "web", pid=2)
+            raise RuntimeError("a bug in the loop")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(line["event"], line["mono"]) for line in lines] == [
+        ("exited", 0.0), ("restart_scheduled", 1.0), ("spawned", 2.0)]
+    assert "WARNING [web] pid 1 exited" in capsys.readouterr().err
+    events.emit("stopped", "web", pid=2)  # no longer held
+    assert json.loads(path.read_text().splitlines()[-1])["event"] == "stopped"
