@@ -3142,10 +3142,20 @@ def respawn_self() -> None:
     """Re-execute this supervisor in place: same interpreter, same arguments, same PID."""
     block_signals()
     try:
-        os.execv(sys.executable, [sys.executable] + sys.argv)
+        os.execv(sys.executable, [sys.executable] + _own_arguments())
     except OSError:
         unblock_signals()
         raise
+
+
+def _own_arguments() -> List[str]:
+    """The interpreter's arguments that run this supervisor again: sys.argv, or, in an image
+    that ``python supervisor.py`` re-executed as an import (see run_as_import), the import
+    again, rather than the script, which would re-execute once more after parsing it all."""
+    if __name__ != "__main__" and sys.argv and \
+            os.path.abspath(sys.argv[0]) == os.path.abspath(__file__):
+        return ["-c", _RUN_AS_IMPORT] + sys.argv
+    return sys.argv
 
 
 def write_handoff(state: Dict[str, Any]) -> str:

@@ -3,12 +3,14 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import psutil
 import pytest
+from process_helpers import wait_until
 
 import supervisor
 
@@ -203,7 +205,19 @@ def test_run_as_a_script_reexecutes_itself_as_an_import_in_the_same_process(tmp_
     events = tmp_path / "events"
     argv = [SUPERVISOR, "run", "-c", str(path), "--events", str(events)]
     proc, cmdline = run_until_spawned(argv)
-    terminate(proc)
-    assert cmdline == [sys.executable, "-c", supervisor._RUN_AS_IMPORT, *argv]
-    started = json.loads(events.read_text().splitlines()[0])
-    assert started["event"] == "supervisor_started" and started["pid"] == proc.pid
+    try:
+        assert cmdline == [sys.executable, "-c", supervisor._RUN_AS_IMPORT, *argv]
+        proc.send_signal(signal.SIGUSR2)  # a re-exec: the image it gives is the import again
+        started = wait_until(lambda: [e for e in read_events(events)
+                                      if e["event"] == "supervisor_started"][1:], "the re-exec")
+        assert psutil.Process(proc.pid).cmdline() == cmdline
+    finally:
+        terminate(proc)
+    assert started[0]["pid"] == proc.pid and started[0]["respawn_count"] == 1
+    service_events = [(e["event"], e["pid"]) for e in read_events(events) if e["service"]]
+    assert [kind for kind, _ in service_events] == ["spawned", "adopted", "stopping", "stopped"]
+    assert len({pid for _, pid in service_events}) == 1  # adopted, not restarted
+
+
+def read_events(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]

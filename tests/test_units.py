@@ -116,14 +116,24 @@ def test_monitor_services_reports_the_killing_signal():
 def test_respawn_self_execs_the_same_interpreter_and_arguments():
     with mock.patch("supervisor.os.execv") as execv, mock.patch(
         "supervisor.signal.pthread_sigmask"
-    ) as sigmask, mock.patch.object(sys, "argv", ["supervisor.py", "run", "-c", "x.yaml"]):
+    ) as sigmask, mock.patch.object(sys, "argv", ["/usr/bin/supervisor", "run", "-c", "x.yaml"]):
         supervisor.respawn_self()
     execv.assert_called_once_with(
-        sys.executable, [sys.executable, "supervisor.py", "run", "-c", "x.yaml"]
+        sys.executable, [sys.executable, "/usr/bin/supervisor", "run", "-c", "x.yaml"]
     )
     sigmask.assert_called_once_with(signal.SIG_BLOCK, supervisor.EXEC_BLOCKED_SIGNALS)
     assert signal.SIGTERM in supervisor.EXEC_BLOCKED_SIGNALS
     assert signal.SIGCHLD in supervisor.EXEC_BLOCKED_SIGNALS
+
+
+def test_respawn_self_of_a_script_run_as_an_import_execs_the_import_again():
+    argv = [supervisor.__file__, "run"]  # what the import form leaves in sys.argv
+    with mock.patch("supervisor.os.execv") as execv, mock.patch(
+        "supervisor.signal.pthread_sigmask"
+    ), mock.patch.object(sys, "argv", argv):
+        supervisor.respawn_self()
+    execv.assert_called_once_with(
+        sys.executable, [sys.executable, "-c", supervisor._RUN_AS_IMPORT, *argv])
 
 
 def test_respawn_self_unblocks_signals_when_exec_fails():
