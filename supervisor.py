@@ -3366,8 +3366,8 @@ _RUN_AS_IMPORT = (
 
 def run_as_import() -> None:
     """Re-execute this script as an import (see above); returns only where that cannot be."""
-    if not PlatformProcesses.exec_keeps_children:
-        return  # no exec that keeps the PID (Windows): stay as we are
+    if not PlatformProcesses.exec_keeps_children or not sys.executable:
+        return  # no exec that keeps the PID (Windows), or no interpreter to name: stay as is
     try:
         os.execv(sys.executable, [sys.executable, "-c", _RUN_AS_IMPORT] + sys.argv)
     except OSError:

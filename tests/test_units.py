@@ -196,6 +196,12 @@ def test_run_as_a_script_goes_on_as_it_is_when_the_reexec_fails():
     assert execv.call_count == 1 and runner.call_count == 1 and code == 0
 
 
+def test_run_as_a_script_stays_as_it_is_without_an_interpreter_to_name():
+    with mock.patch.object(sys, "executable", None):
+        code, execv, runner = run_main_as_script(["run"])
+    assert execv.call_count == 0 and runner.call_count == 1 and code == 0
+
+
 def test_only_a_script_run_of_run_reexecutes():
     with mock.patch("supervisor.os.execv") as execv, mock.patch("supervisor.Runner") as runner:
         runner.return_value.run.return_value = 0
