@@ -140,6 +140,7 @@ class SupervisorHandle:
         self._launched_wall = 0.0
         self._launched_mono = 0.0
         self._stop_requested: float | None = None  # the first graceful stop: shutdown time
+        self._killed = False  # by the harness (on Windows its exit code cannot tell)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -282,6 +283,10 @@ class SupervisorHandle:
         """Send a signal (portable name, POSIX name or number) to the supervisor."""
         __tracebackhide__ = True
         resolved = self._resolve(sig)
+        # An exited child's pid is not an error to os.kill on every OS (a POSIX zombie takes
+        # signals; Windows may fail in other words): ask the process itself first.
+        if self.returncode is not None:
+            raise self._failure(f"the supervisor was gone when {resolved.name} was sent")
         self._note_stop_request(resolved)
         try:
             resolved.send(self.pid)
@@ -336,8 +341,7 @@ class SupervisorHandle:
             pass  # it exited on its own since the check above; its code is what counts
         if self._stream.wait_until_ended(time.monotonic() + timeout):
             return self._started().wait()
-        self._started().kill()
-        self._started().wait()
+        self._kill()
         raise self._failure(
             f"the supervisor did not exit within {timeout:g}s of {graceful.name}; it was killed"
         )
@@ -482,9 +486,7 @@ class SupervisorHandle:
         try:
             findings.append(self._stop_for_teardown())
         finally:  # even when interrupted: nothing may outlive the test
-            if self._running():
-                self._started().kill()
-                self._started().wait()
+            self._kill()
             self._stream.close()
             findings.append(self._kill_leftovers())
         problems = [finding for finding in findings if finding]
@@ -554,12 +556,21 @@ class SupervisorHandle:
     def _running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def _kill(self) -> None:
+        """Kill the supervisor if it still runs (SIGKILL; Windows: TerminateProcess)."""
+        if self._running():
+            self._started().kill()
+            self._killed = True
+        self._started().wait()
+
     def _status(self) -> str:
         code = self.returncode
         if code is None:
             state = "running"
         elif code < 0:
             state = f"killed by {signals.resolve(-code).name}"
+        elif self._killed:  # Windows: TerminateProcess leaves an exit code, not a signal
+            state = f"killed by {signals.resolve('hard_kill').name} (exit code {code})"
         else:
             state = f"exited with code {code}"
         return f"supervisor {self.name!r} (pid {self.pid}): {state}"

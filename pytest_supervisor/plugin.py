@@ -6,7 +6,6 @@ however the package itself was loaded.
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -113,7 +112,7 @@ def pytest_report_header(config: pytest.Config) -> str:
         return (
             "supervisor under test: none found (install pytest-supervisor or pass --supervisor-cmd)"
         )
-    return f"supervisor under test: {shlex.join(command)}"
+    return f"supervisor under test: {settings_module.format_command(command)}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,7 +13,7 @@ import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AbstractSet
+from typing import AbstractSet, Sequence
 
 PHASES = ("unit", "integration", "stress")
 
@@ -87,6 +87,17 @@ def _command(setting: Setting, problems: list[str]) -> tuple[str, ...] | None:
         problems.append(setting.problem("a command, e.g. 'python path/to/supervisor.py'"))
         return None
     return tuple(words)
+
+
+def format_command(words: Sequence[str]) -> str:
+    """``words`` as a command line that --supervisor-cmd reads back as the same words: POSIX
+    shell quoting, or on Windows double quotes around a word that needs them."""
+    if os.name != "nt":
+        return shlex.join(words)
+    return " ".join(
+        f'"{word}"' if not word or word[0] in "'\"" or any(c.isspace() for c in word) else word
+        for word in words
+    )
 
 
 def _folder(setting: Setting) -> Path:

@@ -1,7 +1,25 @@
-"""Helpers the real-process tests share: reading a dummy's pids file, and waiting on what
-other processes write, which sends no event a test could wait on."""
+"""Helpers the real-process tests share: reading a dummy's pids file, waiting on what
+other processes write (which sends no event a test could wait on), and the words this OS
+gives to the harness's kill and to a command line."""
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+WINDOWS = sys.platform == "win32"
+
+# What the harness's kill (the portable "hard_kill") sends, as its messages name it: Windows
+# has no SIGKILL; os.kill calls TerminateProcess, with the number it is given (SIGTERM, 15)
+# as the exit code.
+HARD_KILL = "TerminateProcess" if WINDOWS else "SIGKILL"
+# How the supervisor reports the exit of a service ended that way.
+HARD_KILLED_EXIT = "returncode=15 signal=null" if WINDOWS else "returncode=null signal=SIGKILL"
+
+
+def command_line(*words):
+    """``words`` quoted as a user of this OS writes a command line (--supervisor-cmd)."""
+    return subprocess.list2cmdline(words) if WINDOWS else shlex.join(words)
 
 
 def read_pids(path):

@@ -4,6 +4,7 @@ dies (SIGKILL, pytest-timeout's thread method, a crashed xdist worker)."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -13,12 +14,16 @@ from pathlib import Path
 
 import psutil
 import pytest
+from process_helpers import HARD_KILL, WINDOWS, command_line
 
 pytestmark = pytest.mark.integration
 
 pytest_plugins = ["pytester"]
 
 # Misbehaves the way its config's "misbehave" key says; stands in for a buggy supervisor.
+# It is asked to stop as the harness asks supervisor.py: SIGTERM, or on Windows
+# CTRL_BREAK_EVENT or, where that cannot be delivered (no shared console, wine), the
+# named shutdown event.
 MISBEHAVING_SUPERVISOR = """
 import json, os, signal, subprocess, sys, time
 
@@ -27,6 +32,34 @@ with open(args[args.index("-c") + 1]) as config_file:
     config = json.load(config_file)
 events = open(args[args.index("--events") + 1], "a")
 misbehave = config["misbehave"]
+code = 3 if misbehave == "exit_3" else 0
+
+# Ready to be stopped before it says it started, when the harness may stop it.
+if sys.platform != "win32":
+    if misbehave != "ignore_sigterm":
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(code))
+    else:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+    import ctypes
+    from ctypes import wintypes
+
+    from pytest_supervisor.signals import SHUTDOWN_EVENT
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.CreateEventW.restype = wintypes.HANDLE
+    kernel32.CreateEventW.argtypes = [
+        wintypes.LPVOID, wintypes.BOOL, wintypes.BOOL, wintypes.LPCWSTR
+    ]
+    kernel32.SetEvent.argtypes = [wintypes.HANDLE]
+    kernel32.WaitForSingleObject.argtypes = [wintypes.HANDLE, wintypes.DWORD]
+    stop = kernel32.CreateEventW(None, True, False, SHUTDOWN_EVENT % os.getpid())
+    never = kernel32.CreateEventW(None, True, False, None)
+    # A console control handler runs on a thread of its own: it sets the event main waits on.
+    on_break = ctypes.WINFUNCTYPE(wintypes.BOOL, wintypes.DWORD)(
+        lambda kind: bool(kernel32.SetEvent(stop))
+    )
+    kernel32.SetConsoleCtrlHandler(on_break, True)
 
 if misbehave == "leak":
     orphan = subprocess.Popen(
@@ -39,13 +72,11 @@ if misbehave == "malformed":
 events.write(json.dumps({"ts": time.time(), "mono": time.monotonic(),
     "event": "supervisor_started", "service": None, "pid": os.getpid()}) + "\\n")
 events.flush()
-if misbehave != "ignore_sigterm":
-    code = 3 if misbehave == "exit_3" else 0
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(code))
-else:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-while True:
-    signal.pause()
+if sys.platform != "win32":
+    while True:
+        signal.pause()
+kernel32.WaitForSingleObject(never if misbehave == "ignore_sigterm" else stop, 0xFFFFFFFF)
+sys.exit(code)
 """
 
 # Starts a supervisor whose service has a grandchild and a daemon, records every pid,
@@ -128,7 +159,7 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 def misbehaving(pytester: pytest.Pytester) -> str:
     """--supervisor-cmd for the misbehaving stand-in."""
     script = pytester.makepyfile(misbehaving_supervisor=MISBEHAVING_SUPERVISOR)
-    return f"--supervisor-cmd={shlex.quote(sys.executable)} {shlex.quote(str(script))}"
+    return f"--supervisor-cmd={command_line(sys.executable, str(script))}"
 
 
 def test_leaked_processes_fail_the_test_and_are_killed(
@@ -168,10 +199,12 @@ def test_a_supervisor_that_will_not_stop_is_killed_and_reported(
     )
     result = run(pytester, misbehaving)
     result.assert_outcomes(passed=1, errors=1)
+    # Windows: a graceful stop is CTRL_BREAK_EVENT, and TerminateProcess leaves exit code 1.
+    graceful_stop, killed = ("CTRL_BREAK_EVENT", " (exit code 1)") if WINDOWS else ("SIGTERM", "")
     result.stdout.fnmatch_lines(
         [
-            "the supervisor did not exit within 1s of SIGTERM; it was killed",
-            "supervisor 'supervisor' (pid *): killed by SIGKILL",
+            f"the supervisor did not exit within 1s of {graceful_stop}; it was killed",
+            f"supervisor 'supervisor' (pid *): killed by {HARD_KILL}{killed}",
         ]
     )
 
@@ -193,7 +226,10 @@ def test_unclean_exit_and_malformed_events_are_reported(
     result.stdout.fnmatch_lines_random(
         [
             "the supervisor exited with code 3 on a graceful stop; expected 0",
-            "the event stream */events.jsonl has 1 line(s) that are not JSON event objects:",
+            (
+                f"the event stream *{os.sep}events.jsonl has 1 line(s) that are not JSON event"
+                " objects:"
+            ),
             "    not json",
         ]
     )
@@ -253,7 +289,10 @@ def test_pytest_timeout_thread_method_leaves_nothing_alive(pytester: pytest.Pyte
 def test_crashed_xdist_worker_leaves_nothing_alive(pytester: pytest.Pytester) -> None:
     pids = pytester.path / "pids"
     pytester.makepyfile(
-        HANGING_TEST.format(pids=str(pids), then="os.kill(os.getpid(), signal.SIGKILL)")
+        # Windows has no SIGKILL: there os.kill with any other number is TerminateProcess.
+        HANGING_TEST.format(
+            pids=str(pids), then="os.kill(os.getpid(), getattr(signal, 'SIGKILL', signal.SIGTERM))"
+        )
     )
     result = run(pytester, "-n", "1")
     result.stdout.fnmatch_lines(["*worker 'gw0' crashed while running*test_hangs*"])

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from process_helpers import HARD_KILL
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["pytester"]
@@ -144,7 +145,7 @@ def test_report_of_real_supervisors(pytester: pytest.Pytester) -> None:
 
     missed = tests["test_not_respawned"]
     assert (missed["phase"], missed["outcome"]) == ("integration", "failed")
-    assert "service 'once' was not respawned within 0.3s of SIGKILL" in missed["failure"]
+    assert f"service 'once' was not respawned within 0.3s of {HARD_KILL}" in missed["failure"]
     assert missed["metrics"]["respawns"] == {
         "kills_sent": 1, "expected": 1, "seen": 0, "latencies": []
     }
