@@ -3149,11 +3149,11 @@ def respawn_self() -> None:
 
 
 def _own_arguments() -> List[str]:
-    """The interpreter's arguments that run this supervisor again: sys.argv, or, in an image
-    that ``python supervisor.py`` re-executed as an import (see run_as_import), the import
-    again, rather than the script, which would re-execute once more after parsing it all."""
-    if __name__ != "__main__" and sys.argv and \
-            os.path.abspath(sys.argv[0]) == os.path.abspath(__file__):
+    """The interpreter's arguments that run this supervisor again: sys.argv, or, when that
+    names this file (``python supervisor.py``, ``python -m supervisor``), an import of it
+    (see run_as_import) rather than the script, which would parse it all to re-execute again.
+    """
+    if sys.argv and os.path.abspath(sys.argv[0]) == os.path.abspath(__file__):
         return ["-c", _RUN_AS_IMPORT] + sys.argv
     return sys.argv
 
