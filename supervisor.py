@@ -728,10 +728,23 @@ def _build_services(
     return services
 
 
+# libyaml's parser when PyYAML has it: some 20 times faster (500 services take 0.12 s to
+# compose in pure Python, 7 ms with libyaml). Its error messages are worded differently, so a
+# document it refuses is composed again by the pure-Python parser, whose words ours quote.
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _compose(text: str) -> Optional[yaml.Node]:
+    try:
+        return yaml.compose(text, Loader=_FAST_LOADER)
+    except yaml.YAMLError:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+
+
 def parse_config(text: str, path: str) -> Config:
     """Validate a whole config; raises ConfigError listing every problem found."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = _compose(text)
     except yaml.YAMLError as exc:
         raise ConfigError([_syntax_problem(path, exc)]) from None
     if not isinstance(root, yaml.MappingNode):

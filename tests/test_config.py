@@ -7,10 +7,21 @@ import signal
 import textwrap
 
 import pytest
+import yaml
 
 import supervisor as cfg
 
 pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True, params=["libyaml", "pure Python"])
+def yaml_parser(request, monkeypatch):
+    """Every test here runs with both parsers: libyaml's (the fast one, where PyYAML has it)
+    and the pure-Python one (a PyYAML without libyaml; also what words a syntax error)."""
+    if request.param == "pure Python":
+        monkeypatch.setattr(cfg, "_FAST_LOADER", yaml.SafeLoader)
+    elif not hasattr(yaml, "CSafeLoader"):
+        pytest.skip("this PyYAML has no libyaml")
 
 DEMO = """\
 supervisor:
