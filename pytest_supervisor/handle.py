@@ -292,6 +292,12 @@ class SupervisorHandle:
             resolved.send(self.pid)
         except ProcessLookupError:
             raise self._failure(f"the supervisor was gone when {resolved.name} was sent") from None
+        except signals.SignalUnavailable as missing:
+            self._unsupported(str(missing))
+        except OSError as error:
+            raise self._failure(
+                f"{resolved.name} could not be sent to the supervisor (pid {self.pid}): {error}"
+            ) from None
 
     def kill(self, service: str, sig: signals.SignalSpec = "hard_kill") -> int:
         """Send ``sig`` to the service's process and return the pid it was sent to.
@@ -314,6 +320,13 @@ class SupervisorHandle:
         except ProcessLookupError:
             raise self._failure(
                 f"service {service!r} pid {pid} was gone when {resolved.name} was sent", service
+            ) from None
+        except signals.SignalUnavailable as missing:  # e.g. CTRL_BREAK_EVENT under wine
+            self._unsupported(str(missing))
+        except OSError as error:  # e.g. CTRL_BREAK_EVENT without a console shared with it
+            raise self._failure(
+                f"{resolved.name} could not be sent to service {service!r} (pid {pid}): {error}",
+                service,
             ) from None
         self._pending_kills[service] = _Kill(pid, resolved.name, sent_at)
         self._record(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import psutil
 
-from pytest_supervisor import processes
+from pytest_supervisor import processes, wine
 from pytest_supervisor.processes import ProcessIdentity
 
 MB = 1024 * 1024
@@ -60,15 +61,15 @@ class ResourceSamples:
 class ResourceSampler:
     """Measures one root process and its descendants.
 
-    psutil computes CPU percent between two calls on the *same* ``Process`` object, so
-    the objects are kept across samples, keyed by identity. A process first seen at a
-    sample counts 0 % there: short-lived children are under-counted, the long-lived
-    supervisor is not.
+    CPU percent is the CPU time a process used between two samples over the time between
+    them, so each process's last reading is kept, keyed by identity. A process first seen
+    at a sample counts 0 % there: short-lived children are under-counted, the long-lived
+    supervisor is not. (CPU times come from :func:`wine.cpu_seconds`, right under wine too.)
     """
 
     def __init__(self, root_pid: int) -> None:
         self._root_pid = root_pid
-        self._known: dict[ProcessIdentity, psutil.Process] = {}
+        self._last_cpu: dict[ProcessIdentity, tuple[float, float]] = {}  # (CPU s, monotonic)
 
     def sample(self, elapsed: float) -> ResourceSample | None:
         """Measure now; None once the root process is gone."""
@@ -80,9 +81,9 @@ class ResourceSampler:
         counted = 0
         for process in live:
             try:
-                tracked = self._track(process)
-                with tracked.oneshot():
-                    rss, cpu = tracked.memory_info().rss / MB, tracked.cpu_percent(None)
+                with process.oneshot():
+                    key = processes.identity(process)
+                    rss, cpu = process.memory_info().rss / MB, self._cpu_percent(key, process)
             except psutil.Error:
                 continue  # exited between listing and measuring
             counted += 1
@@ -92,5 +93,11 @@ class ResourceSampler:
                 rss_mb, cpu_percent = rss, cpu
         return ResourceSample(elapsed, rss_mb, cpu_percent, tree_rss, tree_cpu, counted)
 
-    def _track(self, process: psutil.Process) -> psutil.Process:
-        return self._known.setdefault(processes.identity(process), process)
+    def _cpu_percent(self, key: ProcessIdentity, process: psutil.Process) -> float:
+        """Percent of one core since this process's previous reading (0 at the first)."""
+        now = (wine.cpu_seconds(process), time.monotonic())
+        before = self._last_cpu.get(key)
+        self._last_cpu[key] = now
+        if before is None or now[1] <= before[1]:
+            return 0.0
+        return round(max(0.0, now[0] - before[0]) / (now[1] - before[1]) * 100, 1)

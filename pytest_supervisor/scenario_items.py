@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Optional, Tuple
 
 import pytest
 
+from pytest_supervisor import wine
 from pytest_supervisor.dummy_command import DummyService
 from pytest_supervisor.factory import SupervisorFactory
 from pytest_supervisor.scenario_document import ScenarioFileError
@@ -90,6 +91,8 @@ def _add_markers(item: pytest.Item, scenario: Scenario) -> None:
                 reason=f"scenario for {', '.join(scenario.platforms)}; this is {sys.platform}"
             )
         )
+    if scenario.skip_under_wine is not None and wine.under_wine():
+        item.add_marker(pytest.mark.skip(reason=f"under wine: {scenario.skip_under_wine}"))
     # Without pytest-timeout the marker would be unknown (an error under --strict-markers);
     # every step has its own timeout anyway.
     if scenario.timeout is not None and item.config.pluginmanager.hasplugin("timeout"):

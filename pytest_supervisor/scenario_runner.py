@@ -38,7 +38,7 @@ from pytest_supervisor.handle import Recorder, SupervisorHandle
 from pytest_supervisor.process_limits import LimitUnavailable, nproc_limited_prefix
 from pytest_supervisor.resources import ResourceSamples
 from pytest_supervisor.scenario_steps import is_pattern
-from pytest_supervisor.scenarios import Scenario, fill_placeholders
+from pytest_supervisor.scenarios import Scenario, fill_placeholders, fill_yaml_placeholders
 
 CHECK_TIMEOUT = 60.0  # for one `supervisor check` or `status` command
 SHOWN_FAILURES = 10  # of the services an expect_respawn over a pattern found wanting
@@ -427,7 +427,8 @@ class ScenarioRunner:
             path = Path(step.config_file)
         else:
             path = self.workdir / (re.sub(r"\W+", "-", step.place.path).strip("-") + ".yaml")
-            path.write_text(fill_placeholders(step.config_text, self.placeholders), "utf-8")
+            text = fill_yaml_placeholders(step.config_text or "", self.placeholders)
+            path.write_text(text, "utf-8")
         done = subprocess.run(
             [*self.factory.command, "check", "-c", str(path)],
             capture_output=True,

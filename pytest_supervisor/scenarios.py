@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,13 @@ from pytest_supervisor.scenario_document import (
 )
 from pytest_supervisor.settings import PHASES
 
-__all__ = ["Scenario", "ScenarioFileError", "load_scenarios", "fill_placeholders"]
+__all__ = [
+    "Scenario",
+    "ScenarioFileError",
+    "load_scenarios",
+    "fill_placeholders",
+    "fill_yaml_placeholders",
+]
 
 PLATFORMS = ("linux", "darwin", "win32")
 RUNTIME_PLACEHOLDERS = ("python", "dummy", "tmp")
@@ -48,6 +55,7 @@ _TOP_LEVEL = (
     "name",
     "phase",
     "platforms",
+    "skip_under_wine",
     "timeout",
     "config",
     "config_file",
@@ -71,6 +79,7 @@ class Scenario:
     name: str
     phase: str
     platforms: Optional[Tuple[str, ...]]  # None: every platform
+    skip_under_wine: Optional[str]  # why it cannot run in a Windows Python under wine
     timeout: Optional[float]
     config: Optional[Mapping[str, Any]]  # inline, runtime placeholders still unfilled
     config_file: Optional[Path]
@@ -149,6 +158,43 @@ def fill_placeholders(value: Any, values: Mapping[str, str]) -> Any:
     return substitute(value, values, final=True)
 
 
+def fill_yaml_placeholders(text: str, values: Mapping[str, str]) -> str:
+    """``fill_placeholders`` for YAML text (a ``check`` step's config): each value is written
+    so that YAML reads back exactly the value -- escaped inside a double-quoted scalar, where
+    a Windows path such as ``C:\\work\\python.exe`` would hold the escapes ``\\w`` and
+    ``\\p``; with its quotes doubled inside a single-quoted one; as it is anywhere else.
+    """
+    quoted = _quoted_scalars(text)
+
+    def fill(match: re.Match) -> str:
+        if match.group(1) is not None:
+            return "{" + match.group(1) + "}"
+        name = match.group(2)
+        if name not in values:
+            return match.group(0)
+        value = str(values[name])
+        style = next((style for start, end, style in quoted if start <= match.start() < end), "")
+        if style == '"':
+            return json.dumps(value, ensure_ascii=False)[1:-1]  # JSON's escapes are YAML's too
+        if style == "'":
+            return value.replace("'", "''")
+        return value
+
+    return _PLACEHOLDER.sub(fill, text)
+
+
+def _quoted_scalars(text: str) -> List[Tuple[int, int, str]]:
+    """(start, end, quote) of each quoted scalar of YAML text, as far as it can be read."""
+    found = []
+    try:
+        for token in yaml.scan(text):
+            if isinstance(token, yaml.ScalarToken) and token.style in ('"', "'"):
+                found.append((token.start_mark.index, token.end_mark.index, str(token.style)))
+    except yaml.YAMLError:
+        pass  # a config meant to be broken: the quotes before the error are known
+    return found
+
+
 def _placeholders(text: str) -> List[str]:
     return [match.group(2) for match in _PLACEHOLDER.finditer(text) if match.group(2)]
 
@@ -210,6 +256,9 @@ class _Checker(ValueChecker):
                 self.choice(item, ("platforms", index), PLATFORMS)
                 for index, item in enumerate(self.sequence(top["platforms"], ("platforms",)))
             )
+        skip_under_wine = None
+        if top.get("skip_under_wine") is not None:
+            skip_under_wine = self.text(top["skip_under_wine"], ("skip_under_wine",)).strip()
         timeout = None
         if top.get("timeout") is not None:
             timeout = self.number(top["timeout"], ("timeout",), positive=True)
@@ -226,6 +275,7 @@ class _Checker(ValueChecker):
             name=name,
             phase=phase,
             platforms=platforms,
+            skip_under_wine=skip_under_wine,
             timeout=timeout,
             config=config,
             config_file=config_file,

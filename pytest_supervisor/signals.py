@@ -20,6 +20,10 @@ import sys
 from dataclasses import dataclass
 from typing import Union
 
+import psutil
+
+from pytest_supervisor import wine
+
 PORTABLE_NAMES = ("graceful_stop", "hard_kill", "reload", "interrupt", "reexec", "inject_fault")
 
 # Names a test may use on any OS; those this OS lacks are unavailable, not misspelt.
@@ -67,14 +71,30 @@ SHUTDOWN_EVENT = "Local\\supervisor-shutdown-%d"
 class ConsoleBreak(Signal):
     """CTRL_BREAK_EVENT to a process group. It needs a console shared with the target; where
     there is none (a service manager, some CI runners, wine) a supervisor is sent its
-    shutdown event instead, which asks for the same graceful shutdown."""
+    shutdown event instead, which asks for the same graceful shutdown.
+
+    Any other process (a service) has no such event: under wine, which cannot deliver
+    CTRL_BREAK_EVENT at all, that is :class:`SignalUnavailable` (a skip, with the reason);
+    elsewhere the ``OSError`` says why this console could not deliver it.
+    """
 
     def send(self, pid: int) -> None:
         try:
             os.kill(pid, self.number)
-        except OSError:
-            if not _set_shutdown_event(pid):
-                raise  # not a supervisor (or gone): nothing else would stop it gently
+        except ProcessLookupError:
+            raise
+        except OSError as error:
+            if _set_shutdown_event(pid):
+                return
+            # Not a supervisor: nothing else would stop it gently.
+            if not psutil.pid_exists(pid):  # gone: not the console's fault, nor a skip
+                raise ProcessLookupError(f"no process {pid}") from None
+            if wine.under_wine():
+                raise SignalUnavailable(wine.CANNOT_BREAK) from None
+            raise OSError(
+                f"{error} (CTRL_BREAK_EVENT reaches a process group only through a console"
+                f" it shares with the sender)"
+            ) from error
 
 
 def _set_shutdown_event(pid: int) -> bool:

@@ -4,8 +4,10 @@ it writes (pytester), against the real supervisor.py and dummy service."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import textwrap
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from process_helpers import HARD_KILL, HARD_KILLED_EXIT, command_line
 
 from pytest_supervisor import DummyService
+from pytest_supervisor.resources import ResourceSampler
 
 pytestmark = pytest.mark.integration
 
@@ -426,6 +429,34 @@ def test_processes_and_resource_samples(pytester: pytest.Pytester) -> None:
     run(pytester).assert_outcomes(passed=1)
 
 
+def test_cpu_is_each_process_own_not_the_measuring_one() -> None:
+    # Under wine, GetProcessTimes of another process answers with the caller's own times: a
+    # busy harness made an idle supervisor look busy. Here the harness spins while it samples.
+    def started(code: str) -> subprocess.Popen:
+        child = subprocess.Popen(
+            [sys.executable, "-c", f"import time\nprint('up', flush=True)\n{code}"],
+            stdout=subprocess.PIPE,
+        )
+        assert child.stdout is not None and child.stdout.readline().strip() == b"up"
+        return child
+
+    idle = started("time.sleep(60)")
+    busy = started("while True: pass")
+    try:
+        samplers = {"idle": ResourceSampler(idle.pid), "busy": ResourceSampler(busy.pid)}
+        for sampler in samplers.values():
+            sampler.sample(0.0)  # primes the CPU readings
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            pass
+        cpu = {name: sampler.sample(1.0).cpu_percent for name, sampler in samplers.items()}
+    finally:
+        for child in (idle, busy):
+            child.kill()
+            child.wait()
+    assert cpu["idle"] < 20 and cpu["busy"] > 30, cpu
+
+
 def test_unavailable_signal_skips_and_misspelt_signal_fails(pytester: pytest.Pytester) -> None:
     with_restarting_web(
         pytester,
@@ -451,6 +482,57 @@ def test_unavailable_signal_skips_and_misspelt_signal_fails(pytester: pytest.Pyt
             "*unknown signal 'SIGKIL'. Did you mean 'SIGKILL'? Use a portable name*",
         ]
     )
+
+
+def test_ctrl_break_that_cannot_be_delivered_skips_under_wine_and_fails_clearly_elsewhere(
+    pytester: pytest.Pytester,
+) -> None:
+    with_restarting_web(
+        pytester,
+        """
+        import os
+        import pytest
+        from pytest_supervisor import signals, wine
+
+        @pytest.fixture
+        def console_without_break(monkeypatch):
+            # As on Windows (os.kill sends console control events), from a process whose
+            # console cannot deliver CTRL_BREAK_EVENT to a service.
+            real_kill = os.kill
+
+            def kill(pid, number):
+                if number == 1:
+                    raise OSError(22, "Invalid access")
+                real_kill(pid, number)
+
+            monkeypatch.setattr(signals, "_CTRL_BREAK_EVENT", 1)
+            monkeypatch.setattr(os, "kill", kill)
+            monkeypatch.setattr(signals, "_set_shutdown_event", lambda pid: False)
+            return monkeypatch
+
+        def test_under_wine(supervisor_factory, dummy_service, console_without_break):
+            handle = supervisor_factory.spawn(config(dummy_service))
+            console_without_break.setattr(wine, "under_wine", lambda: True)
+            handle.kill("web", "graceful_stop")
+
+        def test_elsewhere(supervisor_factory, dummy_service, console_without_break):
+            handle = supervisor_factory.spawn(config(dummy_service))
+            console_without_break.setattr(wine, "under_wine", lambda: False)
+            handle.kill("web", "graceful_stop")
+        """,
+    )
+    result = run(pytester, "-rs")
+    result.assert_outcomes(skipped=1, failed=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            "SKIPPED * wine cannot deliver CTRL_BREAK_EVENT"
+            " (its console server implements only CTRL_C_EVENT)",
+            "*CTRL_BREAK_EVENT could not be sent to service 'web' (pid *): [[]Errno 22[]] Invalid"
+            " access (CTRL_BREAK_EVENT reaches a process group only through a console it shares"
+            " with the sender)",
+        ]
+    )
+    assert "OSError" not in result.stdout.str()
 
 
 # -- failure messages --------------------------------------------------------------

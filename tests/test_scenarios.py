@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import List, Tuple
 
 import pytest
+import yaml
 from process_helpers import HARD_KILL
 
 from pytest_supervisor import DummyService, SupervisorFactory, process_limits
 from pytest_supervisor.scenario_document import ScenarioFileError
 from pytest_supervisor.scenario_runner import ScenarioFailure, ScenarioRunner
-from pytest_supervisor.scenarios import load_scenarios
+from pytest_supervisor.scenarios import fill_yaml_placeholders, load_scenarios
 
 pytest_plugins = ["pytester"]
 
@@ -75,7 +76,7 @@ INVALID = {
     "unknown top-level key": (
         "name: n\nphase: unit\nstep: [{sleep: 1}]\n",
         "s.yaml:3:1: step: unknown key (did you mean 'steps'?); known: name, phase, platforms,"
-        " timeout, config, config_file, matrix, metric_targets, steps\n"
+        " skip_under_wine, timeout, config, config_file, matrix, metric_targets, steps\n"
         "s.yaml:1:1: steps: missing: this key is required",
     ),
     "bad phase": (
@@ -464,6 +465,35 @@ def test_a_wrong_check_output_is_shown_as_a_diff(tmp_path: Path) -> None:
     assert f"+{checked}:1: services: expected a mapping, got []" in failure
 
 
+@pytest.mark.unit
+def test_placeholders_in_a_check_config_read_back_as_their_values_in_any_quoting() -> None:
+    # Windows paths: in a double-quoted YAML scalar, \w and \p would be (invalid) escapes.
+    values = {"python": "C:\\work\\py\\python.exe", "dummy": "D:\\it's \"x\"", "tmp": "/t"}
+    text = textwrap.dedent(
+        """\
+        services:
+          a: {command: "{python} -m http.server 8000", cwd: '{dummy}'}
+          b:
+            command: ["{python}", '{python}', {python}]
+            env: {X: "{dummy}", Y: "{{python}}"}
+            cwd: {tmp}
+        """
+    )
+    config = yaml.safe_load(fill_yaml_placeholders(text, values))["services"]
+    python, dummy = values["python"], values["dummy"]
+    assert config["a"] == {"command": f"{python} -m http.server 8000", "cwd": dummy}
+    assert config["b"] == {
+        "command": [python, python, python],
+        "env": {"X": dummy, "Y": "{python}"},
+        "cwd": "/t",
+    }
+    # Text that is not valid YAML (a check of the error message) is still filled in.
+    broken = "services:\n  web:\n    command: [\"{python}\"\n    restart: always\n"
+    assert fill_yaml_placeholders(broken, values).splitlines()[2] == (
+        '    command: ["C:\\\\work\\\\py\\\\python.exe"'
+    )
+
+
 # -- the fork limit ----------------------------------------------------------------------
 
 
@@ -592,6 +622,29 @@ def test_platforms_skip_with_a_reason_and_scaled_timeout_reaches_pytest_timeout(
         run_pytest(pytester, "-rs", "-k", "elsewhere").stdout.fnmatch_lines([skipped])
     # --stress-scale reaches the file as it is collected: now the timeout is long enough.
     run_pytest(pytester, "--stress-scale", "2", "-k", "slow").assert_outcomes(passed=1)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("wine", [True, False], ids=["under wine", "elsewhere"])
+def test_skip_under_wine_skips_with_its_reason_only_under_wine(
+    pytester: pytest.Pytester, wine: bool
+) -> None:
+    scenarios = pytester.mkdir("scenarios")
+    write_scenario(
+        scenarios,
+        "name: scaled\nphase: stress\nskip_under_wine: a second measures wine here\n"
+        "steps: [{sleep: 0.1}]\n",
+    )
+    # The plugin asks pytest_supervisor.wine at collection: pretend, either way.
+    (scenarios / "conftest.py").write_text(
+        f"from pytest_supervisor import wine\nwine.under_wine = lambda: {wine}\n", "utf-8"
+    )
+    result = run_pytest(pytester, "-rs")
+    if wine:
+        result.assert_outcomes(skipped=1)
+        result.stdout.fnmatch_lines(["SKIPPED * under wine: a second measures wine here"])
+    else:
+        result.assert_outcomes(passed=1)
 
 
 @pytest.mark.integration

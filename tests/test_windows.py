@@ -20,6 +20,7 @@ import pytest
 from process_helpers import read_pids, wait_until
 
 import supervisor
+from pytest_supervisor.wine import CANNOT_BREAK, under_wine
 
 pytestmark = [
     pytest.mark.integration,
@@ -31,18 +32,7 @@ SUPERVISOR = str(ROOT / "supervisor.py")
 DUMMY = str(ROOT / "dummy_services" / "dummy.py")
 
 
-def under_wine():
-    """Wine's ntdll exports wine_get_version; no Windows ntdll does."""
-    import ctypes
-
-    return hasattr(ctypes.WinDLL("ntdll"), "wine_get_version")
-
-
-# Wine's server answers STATUS_NOT_IMPLEMENTED for every console event but CTRL_C_EVENT.
-needs_ctrl_break = pytest.mark.skipif(
-    sys.platform == "win32" and under_wine(),
-    reason="wine cannot deliver CTRL_BREAK_EVENT (its console server implements only CTRL_C)",
-)
+needs_ctrl_break = pytest.mark.skipif(under_wine(), reason=CANNOT_BREAK)
 
 
 def dummy(*flags):
