@@ -1901,7 +1901,8 @@ class OutputPipe:
         for line in lines:
             if self.service.probe is None:
                 break  # none, or it succeeded on an earlier line of this read
-            self.service.probe.line(line.decode(errors="replace"))
+            # (a Windows program ends its lines with CRLF: "up$" must match "up\r\n" too)
+            self.service.probe.line(line.rstrip(b"\r").decode(errors="replace"))
         self.deliver(lines)
 
 

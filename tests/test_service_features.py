@@ -56,12 +56,6 @@ def test_log_probe_matching_a_line_followed_by_more_in_the_same_read(supervisor_
     assert not events_of(handle, "self_respawn")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="supervisor.py: a log probe is given the line with its '\\r', so a pattern anchored"
-    " with '$' never matches a line a Windows program ends with CRLF (found by scenarios/stress/"
-    "many_services_start_quickly_and_cost_little.yaml under wine); remove this mark with the fix",
-)
 def test_log_probe_anchored_at_the_end_matches_a_line_ended_by_crlf(supervisor_factory):
     # What print() writes on Windows: "\r\n" ends the line.
     script = (
