@@ -1,11 +1,13 @@
 """Helpers the real-process tests share: reading a dummy's pids file, waiting on what
-other processes write (which sends no event a test could wait on), and the words this OS
-gives to the harness's kill and to a command line."""
+other processes write (which sends no event a test could wait on) or for processes to end,
+and the words this OS gives to the harness's kill and to a command line."""
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import psutil
 
 WINDOWS = sys.platform == "win32"
 
@@ -40,3 +42,23 @@ def wait_until(condition, what, timeout=10.0):
             return value
         assert time.monotonic() < deadline, "timed out waiting for " + what
         time.sleep(0.02)
+
+
+def still_alive(pids, timeout=10.0):
+    """The pids among ``pids`` still running after up to ``timeout`` (psutil waits on them).
+    A zombie has exited: only its parent has yet to collect its status."""
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    running = []
+    for proc in alive:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                running.append(proc.pid)
+        except psutil.NoSuchProcess:
+            pass  # it ended between the wait and the look
+    return running

@@ -11,7 +11,7 @@ import time
 
 import psutil
 import pytest
-from process_helpers import read_pids, wait_until
+from process_helpers import read_pids, still_alive, wait_until
 
 from pytest_supervisor import wine
 
@@ -49,18 +49,6 @@ def wait_for_daemon(pids_file):
         "the dummy's daemon to write its pid",
     )
     return read_pids(pids_file)
-
-
-def wait_gone(pids, timeout=10.0):
-    """The pids among ``pids`` still alive after ``timeout`` (psutil waits on them)."""
-    procs = []
-    for pid in pids:
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    return [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE]
 
 
 def test_always_service_is_respawned_after_sigkill(supervisor_factory, dummy_service):
@@ -187,7 +175,7 @@ def test_stop_kills_grandchildren_and_an_escaped_daemon(
     stopped = handle.wait_for("stopped", "tree")
     assert stopped["forced"] is False
     everything = pids["main"] + pids["grandchild"] + pids["daemon"]
-    assert wait_gone(everything, timeout=1.0) == []
+    assert still_alive(everything, timeout=1.0) == []
 
 
 @posix_only
@@ -363,7 +351,7 @@ def test_sigterm_at_any_moment_of_a_crash_storm(supervisor_factory, dummy_servic
     handle.signal("graceful_stop")  # SIGTERM; Windows: CTRL_BREAK_EVENT
     assert handle.wait_exit(timeout=20) == 0
     spawned = {e["pid"] for e in handle.events if e["event"] == "spawned"}
-    assert wait_gone(spawned, timeout=1.0) == []
+    assert still_alive(spawned, timeout=1.0) == []
 
 
 @posix_only
@@ -378,7 +366,7 @@ def test_hundred_services_start_and_stop_cleanly(supervisor_factory):
     assert handle.wait_exit(timeout=30) == 0
     assert time.monotonic() - sent < 10
     assert sum(e["event"] == "stopped" for e in handle.events) == 100
-    assert wait_gone(running.values(), timeout=1.0) == []
+    assert still_alive(running.values(), timeout=1.0) == []
 
 
 @linux_only
@@ -397,7 +385,7 @@ def test_supervisor_reaps_orphans_as_a_subreaper(supervisor_factory, dummy_servi
     daemon = wait_for_daemon(pids_file)["daemon"][0]
     assert psutil.Process(daemon).ppid() == handle.pid
     os.kill(daemon, signal.SIGKILL)
-    assert wait_gone([daemon], timeout=5) == []
+    assert still_alive([daemon], timeout=5) == []
     assert psutil.Process(handle.pid).status() != psutil.STATUS_ZOMBIE
     assert daemon not in [p.pid for p in psutil.Process(handle.pid).children()]
 

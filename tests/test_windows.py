@@ -15,9 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
-from process_helpers import read_pids, wait_until
+from process_helpers import read_pids, still_alive, wait_until
 
 import supervisor
 from pytest_supervisor.wine import CANNOT_BREAK, under_wine
@@ -37,22 +36,6 @@ needs_ctrl_break = pytest.mark.skipif(under_wine(), reason=CANNOT_BREAK)
 
 def dummy(*flags):
     return [sys.executable, DUMMY, *flags]
-
-
-
-
-
-
-def gone(pids, timeout=10.0):
-    """The pids among ``pids`` still alive after ``timeout``."""
-    procs = []
-    for pid in pids:
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    return [p.pid for p in alive]
 
 
 class Supervisor:
@@ -164,7 +147,7 @@ def test_a_service_that_ignores_the_stop_loses_its_whole_tree_to_the_job(start, 
     stopped = handle.wait_for("stopped", "stubborn")
     assert stopped["forced"] is True
     assert time.monotonic() - asked < 2 + 5  # stop_timeout, then TerminateJobObject
-    assert gone(tree) == []
+    assert still_alive(tree) == []
 
 
 def test_killing_the_supervisor_kills_every_service_tree(start, tmp_path):
@@ -177,7 +160,7 @@ def test_killing_the_supervisor_kills_every_service_tree(start, tmp_path):
     pids = [pid for role in tree.values() for pid in role]
     handle.proc.kill()  # TerminateProcess: no chance to stop anything itself
     handle.proc.wait(10)
-    assert gone(pids) == [], "kill-on-close job objects should have ended them"
+    assert still_alive(pids) == [], "kill-on-close job objects should have ended them"
 
 
 @needs_ctrl_break
@@ -220,7 +203,7 @@ def test_control_endpoint_is_loopback_tcp_guarded_by_a_token(start):
     assert shutdown.returncode == 0, shutdown.stderr
     assert handle.wait_exit() == 0
     assert not Path(handle.control).exists()
-    assert gone([pid]) == []
+    assert still_alive([pid]) == []
 
 
 def set_shutdown_event(pid):
@@ -246,7 +229,7 @@ def test_the_shutdown_event_stops_everything_without_a_console(start):
     assert [e["service"] for e in handle.events if e["event"] == "stopped"] == ["b", "a"]
     assert handle.events[-1]["event"] == "supervisor_exiting"
     assert "shutdown requested through the shutdown event" in handle.log()
-    assert gone(pids) == []
+    assert still_alive(pids) == []
 
 
 def test_output_goes_through_pipe_relays_prefixed_to_files_and_probes(start, tmp_path):
@@ -273,7 +256,7 @@ def test_self_respawn_restarts_the_services_in_the_same_process(start):
     started = handle.wait_for("supervisor_started", count=2)
     assert started["pid"] == handle.proc.pid and started["respawn_count"] == 1
     second = handle.wait_for("spawned", "web", count=2)["pid"]
-    assert second != first and gone([first]) == []
+    assert second != first and still_alive([first]) == []
     assert handle.proc.poll() is None
     assert handle.request("status", "web")["result"][0]["pid"] == second  # same endpoint
     set_shutdown_event(handle.proc.pid)  # heard by the new image, not the old one's waiter
@@ -293,4 +276,4 @@ def test_exit_with_parent_ends_the_supervisor_and_its_services(start, tmp_path):
     own = handle.wait_for("supervisor_started")["pid"]
     handle.proc.kill()  # the launcher, i.e. the supervisor's parent
     handle.wait_for("supervisor_exiting", timeout=30)
-    assert gone([own, service]) == []
+    assert still_alive([own, service]) == []
