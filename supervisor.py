@@ -3956,9 +3956,10 @@ def format_status(rows: List[Dict[str, Any]]) -> str:
             return "-"
         return info["signal"] or "exit %s" % info["returncode"]
 
-    header = ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "RSS", "CPU"]
+    header = ["NAME", "STATE", "PID", "PROCS", "UPTIME", "RESTARTS", "LAST EXIT", "RSS", "CPU"]
     table = [header] + [[
-        row["name"], row["state"], str(row["pid"] or "-"), uptime(row["uptime"]),
+        row["name"], row["state"], str(row["pid"] or "-"), str(len(row["processes"])),
+        uptime(row["uptime"]),
         str(row["restarts"]), last_exit(row["last_exit"]),
         "%.1fM" % (row["rss"] / 1e6) if "rss" in row else "-",
         "%.2fs" % row["cpu"] if "cpu" in row else "-"] for row in rows]
