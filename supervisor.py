@@ -1217,7 +1217,7 @@ class Inotify:
     """One inotify descriptor: readable when a watched file changes (cgroup.events here)."""
 
     IN_MODIFY = 0x2
-    IN_NONBLOCK_CLOEXEC = os.O_NONBLOCK | 0o2000000
+    IN_NONBLOCK_CLOEXEC = 0o4000 | 0o2000000  # Linux's O_NONBLOCK | O_CLOEXEC
 
     def __init__(self) -> None:
         self._libc = ctypes.CDLL(None, use_errno=True)
