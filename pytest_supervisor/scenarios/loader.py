@@ -38,6 +38,7 @@ from pytest_supervisor.scenarios.document import (
 )
 from pytest_supervisor.settings import PHASES
 from pytest_supervisor.suggest import did_you_mean
+from pytest_supervisor.targets import NAMES as TARGETS
 
 __all__ = [
     "Scenario",
@@ -55,6 +56,7 @@ _TOP_LEVEL = (
     "phase",
     "platforms",
     "skip_under_wine",
+    "target",
     "timeout",
     "config",
     "config_file",
@@ -86,6 +88,7 @@ class Scenario:
     steps: Tuple[steps.Step, ...]
     uses_status: bool  # an expect_state step asks the supervisor's control socket
     metric_targets: Optional[Targets]  # for the reports (see report.metric_targets)
+    target: Optional[str] = None  # the supervisor it runs on; None: the run's targets
 
 
 def load_scenarios(path: Path, shown_as: str, stress_scale: float = 1.0) -> List[Scenario]:
@@ -261,6 +264,9 @@ class _Checker(ValueChecker):
         timeout = None
         if top.get("timeout") is not None:
             timeout = self.number(top["timeout"], ("timeout",), positive=True)
+        target = None
+        if top.get("target") is not None:
+            target = self.choice(top["target"], ("target",), TARGETS)
         config, config_file = self._config(top)
         metric_targets = self._metric_targets(top.get("metric_targets"))
         body = self.step_list(top.get("steps"), ("steps",), started=False)
@@ -282,6 +288,7 @@ class _Checker(ValueChecker):
             steps=body[0],
             uses_status=self.uses_status,
             metric_targets=metric_targets,
+            target=target,
         )
 
     def _config(self, top: Mapping[str, Any]) -> Tuple[Optional[Dict[str, Any]], Optional[Path]]:
