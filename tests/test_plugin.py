@@ -104,13 +104,15 @@ def test_help_lists_every_option_and_ini_key(pytester: pytest.Pytester) -> None:
         [
             "pytest-supervisor:",
             "*--supervisor-cmd=SUPERVISOR_CMD*",
+            "*--supervisor-target=SUPERVISOR_TARGET*",
+            "*--supervisor-peer=SUPERVISOR_PEERS*",
             "*--supervisor-report=SUPERVISOR_REPORT*",
             "*--scenarios=SUPERVISOR_SCENARIOS*",
             "*--phase=SUPERVISOR_PHASE*",
             "*--stress-scale=SUPERVISOR_STRESS_SCALE*",
         ]
     )
-    for ini in ("cmd", "report", "scenarios", "phase", "stress_scale"):
+    for ini in ("cmd", "target", "peers", "report", "scenarios", "phase", "stress_scale"):
         result.stdout.fnmatch_lines([f"*supervisor_{ini} (string)*"])
 
 

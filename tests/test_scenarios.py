@@ -75,7 +75,7 @@ INVALID = {
     "unknown top-level key": (
         "name: n\nphase: unit\nstep: [{sleep: 1}]\n",
         "s.yaml:3:1: step: unknown key (did you mean 'steps'?); known: name, phase, platforms,"
-        " skip_under_wine, timeout, config, config_file, matrix, metric_targets, steps\n"
+        " skip_under_wine, target, timeout, config, config_file, matrix, metric_targets, steps\n"
         "s.yaml:1:1: steps: missing: this key is required",
     ),
     "bad phase": (

@@ -82,7 +82,9 @@ class ScenarioFile(pytest.File):
 class ScenarioItem(pytest.Function):
     """A scenario; reported at its YAML file rather than at the Python that runs it."""
 
-    def __init__(self, *, place: Tuple[int, str], target: str, **kwargs: Any) -> None:
+    def __init__(
+        self, *, place: Tuple[int, str], target: Optional[str] = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.place = place
         self.supervisor_target = target  # read by the supervisor_target fixture

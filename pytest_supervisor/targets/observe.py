@@ -119,7 +119,7 @@ class Observer:
     def _choose(self, method: str) -> str:
         if method not in METHODS:
             raise ValueError(f"observer method {method!r}: expected one of {', '.join(METHODS)}")
-        if method in ("auto", "proc-connector") and hasattr(proc_connector.socket, "AF_NETLINK"):
+        if method in ("auto", "proc-connector"):
             try:
                 connector = proc_connector.open_socket()
             except OSError:
@@ -212,13 +212,20 @@ class Observer:
             parent = process.ppid()
             created = process.create_time()
             service = self._service_of(pid)
-            if service is None and process.cmdline() == psutil.Process(parent).cmdline():
-                return  # a fork that has not run its command yet: looked at again later
+            argv = process.cmdline()
+            if service is None and (not argv or argv == psutil.Process(parent).cmdline()):
+                return  # a fork that has not run its command yet (or is in exec): later
         except psutil.Error:
             return  # gone already: its exit event follows, for a pid we never tracked
         self._judged.add(pid)
-        if service is None or any(main.service == service for main in self._mains.values()):
-            return  # not a service's process, or one of the tree of its running main
+        if service is None:
+            return
+        for main in list(self._mains.values()):
+            if main.service == service and not processes.is_alive(main.pid):
+                # Ended, and already replaced before its pidfd was read: the exit first.
+                self._main_exited(main, mono, None)
+        if any(main.service == service for main in self._mains.values()):
+            return  # a process of the tree of the service's running main
         if self._service_of(parent) == service:
             return
         if created < self._last_exit.get(service, 0.0) - CREATE_TIME_SLACK:

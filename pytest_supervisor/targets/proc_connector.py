@@ -44,7 +44,10 @@ class ProcEvent(NamedTuple):
 
 def open_socket() -> socket.socket:
     """A netlink socket subscribed to process events; OSError without CAP_NET_ADMIN."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+    family = getattr(socket, "AF_NETLINK", None)  # Linux only
+    if family is None:
+        raise OSError("no netlink sockets on this OS")
+    sock = socket.socket(family, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
         sock.bind((0, CN_IDX_PROC))

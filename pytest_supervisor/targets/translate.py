@@ -43,6 +43,19 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# Values that ask for nothing a target has to do: writing them is the same as leaving them out.
+_ASK_NOTHING: dict[str, Any] = {
+    "restart_delay": 0,
+    "max_retries": None,
+    "backoff": None,
+    "reset_after": 10,
+    "ready": None,
+    "depends_on": [],
+    "success_exit_codes": [0],
+}
+_UNSET = object()
+
+
 class Unexpressible(Exception):
     """The config asks for something the target cannot do; the message is the skip reason."""
 
@@ -59,8 +72,8 @@ class Service:
         return self.keys[key]
 
     def asks(self, key: str) -> bool:
-        """Whether the config set ``key`` to something other than our default."""
-        return key in self.written and self.keys[key] != DEFAULTS.get(key)
+        """Whether the config set ``key`` (to a value that asks for something)."""
+        return key in self.written and self.keys[key] != _ASK_NOTHING.get(key, _UNSET)
 
     @property
     def argv(self) -> list[str]:
