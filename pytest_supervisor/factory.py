@@ -17,7 +17,7 @@ import re
 import sys
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 from pytest_supervisor import processes
 from pytest_supervisor.errors import HarnessUsageError, LaunchError, TeardownFailed
@@ -26,6 +26,7 @@ from pytest_supervisor.handle import (
     DEFAULT_TIMEOUT,
     EVENTS_FILE,
     LaunchSpec,
+    ObservedTarget,
     Recorder,
     SupervisorHandle,
     Unsupported,
@@ -39,6 +40,12 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
 
 if TYPE_CHECKING:  # typing_extensions is only needed by type checkers
     from typing_extensions import Self
+
+    from pytest_supervisor.targets.builtin import Target
+
+TargetSpec = Union[str, "Target", None]
+# The user property naming the supervisor a test ran (for the conformance table).
+TARGET_RECORD = "supervisor_target"
 
 
 def default_supervisor_command() -> tuple[str, ...]:
@@ -70,6 +77,10 @@ class SupervisorFactory:
 
     ``command`` is the supervisor under test as an argv prefix (``run -c ...`` follows);
     None means :func:`default_supervisor_command`, looked up at the first spawn.
+    ``target`` is the supervisor every spawn runs unless it names its own: ``"ours"``
+    (None), a built-in target's name or a :class:`pytest_supervisor.targets.builtin.Target`;
+    ``peers`` maps a built-in target's name to its program (else found on PATH). With the
+    target ``command``, ``command`` is the user's supervisor.
     """
 
     def __init__(
@@ -79,8 +90,12 @@ class SupervisorFactory:
         command: Sequence[str] | None = None,
         record: Recorder = discard_measurement,
         unsupported: Unsupported = raise_signal_unavailable,
+        target: TargetSpec = None,
+        peers: Mapping[str, str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.target = target
+        self._peers = dict(peers or {})
         self._command = tuple(command) if command is not None else None
         self._record = record
         self._unsupported = unsupported
@@ -114,6 +129,8 @@ class SupervisorFactory:
         wait: bool = True,
         start_timeout: float = DEFAULT_TIMEOUT,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+        target: TargetSpec = None,
+        observe: str = "auto",
     ) -> SupervisorHandle:
         """Start a supervisor on ``config`` and return its handle.
 
@@ -122,6 +139,10 @@ class SupervisorFactory:
         command line; ``fault_injection`` passes ``--allow-fault-injection``. The process
         runs in ``cwd``: by default the config file's folder, or the handle's folder for a
         dict. With ``wait`` (the default) this returns once ``supervisor_started`` came.
+
+        ``target`` names the supervisor to run instead of the factory's (see the class);
+        another target is watched from outside (``observe``: auto, proc-connector, pidfd or
+        psutil), and a config key it cannot express skips the test with the reason.
         """
         # Everything that can be refused is checked before the folder is made.
         name = self._new_name(name)
@@ -134,15 +155,24 @@ class SupervisorFactory:
         if config_text is not None:
             config_path.write_text(config_text, "utf-8")
         marker = uuid.uuid4().hex
+        chosen = self._target(self.target if target is None else target)
+        options: dict[str, Any] = {}
+        if chosen is None:
+            argv = self._argv(config_path, directory, fault_injection, args)
+        else:
+            argv, options = self._other_target(chosen, config, config_path, directory, observe)
+            argv += tuple(str(arg) for arg in args)
+        self._record(TARGET_RECORD, {"supervisor": name, "target": _target_name(chosen)})
         spec = LaunchSpec(
             name=name,
-            argv=self._argv(config_path, directory, fault_injection, args),
+            argv=argv,
             env=_environment(env, marker),
             cwd=Path(cwd) if cwd is not None else config_path.parent,
             directory=directory,
             config_path=config_path,
             marker=marker,
             stop_timeout=stop_timeout,
+            **options,
         )
         handle = SupervisorHandle(spec, record=self._record, unsupported=self._unsupported)
         self._handles.append(handle)  # before starting: teardown must see it whatever happens
@@ -166,6 +196,40 @@ class SupervisorFactory:
             raise unexpected[0]
         if problems:
             raise TeardownFailed(problems)
+
+    def _target(self, target: TargetSpec) -> Target | None:
+        """The target object for a name (None: ours)."""
+        from pytest_supervisor.targets import builtin
+
+        if target is None or target == builtin.OURS:
+            return None
+        if isinstance(target, str):
+            command = self._command if target == "command" else None
+            return builtin.make(target, self._peers.get(target), command)
+        return target
+
+    def _other_target(
+        self,
+        target: Target,
+        config: ConfigSource,
+        config_path: Path,
+        directory: Path,
+        observe: str,
+    ) -> tuple[tuple[str, ...], dict[str, Any]]:
+        from pytest_supervisor.targets.translate import Unexpressible
+
+        source = config if isinstance(config, Mapping) else config_path
+        try:
+            launch = target.launch(source, directory)
+        except Unexpressible as reason:
+            self._unsupported(str(reason))
+        observed = ObservedTarget(launch.label, launch.config_path, launch.commands, observe)
+        options = {
+            "stop_signal": launch.stop_signal,
+            "clean_exit_codes": launch.clean_exit_codes,
+            "observed": observed,
+        }
+        return launch.argv, options
 
     def _new_name(self, name: str | None) -> str:
         taken = {handle.name for handle in self._handles}
@@ -211,3 +275,7 @@ def _environment(extra: Mapping[str, str] | None, marker: str) -> dict[str, str]
     env.update(extra or {})
     env[processes.MARKER_VARIABLE] = marker
     return env
+
+
+def _target_name(target: Target | None) -> str:
+    return "ours" if target is None else target.name

@@ -21,14 +21,15 @@ rather than inside the harness.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, NoReturn
+from typing import TYPE_CHECKING, Callable, Mapping, NoReturn, Sequence
 
 import psutil
 
-from pytest_supervisor import diagnostics, metrics, processes, signals
+from pytest_supervisor import diagnostics, processes, signals
 from pytest_supervisor.errors import (
     HarnessUsageError,
     LaunchError,
@@ -44,6 +45,7 @@ from pytest_supervisor.events import (
     mono_of,
     pid_of_event,
 )
+from pytest_supervisor.report import metrics
 from pytest_supervisor.resources import ResourceSample, ResourceSampler, ResourceSamples
 
 EVENTS_FILE = "events.jsonl"
@@ -64,6 +66,8 @@ Unsupported = Callable[[str], NoReturn]
 
 if TYPE_CHECKING:  # typing_extensions is only needed by type checkers
     from typing_extensions import Self
+
+    from pytest_supervisor.targets.observe import Observer
 
 
 def discard_measurement(name: str, value: object) -> None:
@@ -86,6 +90,11 @@ class LaunchSpec:
     config_path: Path
     marker: str
     stop_timeout: float = DEFAULT_STOP_TIMEOUT
+    # How the supervisor is stopped, and the exit codes of a clean stop (another target's).
+    stop_signal: str = "graceful_stop"
+    clean_exit_codes: tuple[int, ...] = (0,)
+    # Set for a target without our event stream: the harness watches it and writes its events.
+    observed: ObservedTarget | None = None
 
     @property
     def events_path(self) -> Path:
@@ -94,6 +103,16 @@ class LaunchSpec:
     @property
     def log_path(self) -> Path:
         return self.directory / LOG_FILE
+
+
+@dataclass(frozen=True)
+class ObservedTarget:
+    """A target watched from outside (see :mod:`pytest_supervisor.targets.observe`)."""
+
+    label: str  # its name and program, as the supervisor_started event tells
+    config_path: Path  # its own config
+    commands: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    method: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -134,7 +153,8 @@ class SupervisorHandle:
         self._record = record
         self._unsupported = unsupported
         self._process: subprocess.Popen | None = None
-        self._stream = EventStream(spec.events_path, self._running)
+        self._stream = EventStream(spec.events_path, self._writer_alive)
+        self._observer: Observer | None = None
         self._pending_kills: dict[str, _Kill] = {}
         self._seen: dict[int, float] = {}  # descendants ever seen: pid -> creation time
         self._launched_wall = 0.0
@@ -171,12 +191,41 @@ class SupervisorHandle:
                     cwd=str(self.spec.cwd),
                     creationflags=_NEW_PROCESS_GROUP,
                     start_new_session=not _NEW_PROCESS_GROUP,
+                    preexec_fn=self._parent_death_signal(),
                 )
             except OSError as error:
                 raise LaunchError(
                     f"cannot start the supervisor {list(self.spec.argv)}: {error}"
                 ) from error
+        observed = self.spec.observed
+        if observed is not None:
+            from pytest_supervisor.targets.observe import Observer
+
+            self._observer = Observer(
+                self._process,
+                marker=self.spec.marker,
+                commands=observed.commands,
+                events_path=self.spec.events_path,
+                label=observed.label,
+                config=observed.config_path,
+                method=observed.method,
+            )
+            self._observer.start()
         self._stream.start()
+
+    def _parent_death_signal(self) -> Callable[[], None] | None:
+        """For another target (it has no --exit-with-parent): on Linux, the kernel sends it
+        its stop signal when this process dies, so that nothing outlives the test run."""
+        if self.spec.observed is None or not sys.platform.startswith("linux"):
+            return None
+        signum = int(signals.resolve(self.spec.stop_signal).number)
+
+        def set_parent_death_signal() -> None:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
+
+        return set_parent_death_signal
 
     def wait_started(self, timeout: float = DEFAULT_TIMEOUT) -> Event:
         """Wait for ``supervisor_started``; a supervisor that exits first fails here."""
@@ -345,7 +394,7 @@ class SupervisorHandle:
         if self.returncode is not None:
             return self.returncode
         timeout = self.spec.stop_timeout if timeout is None else timeout
-        graceful = signals.resolve("graceful_stop")
+        graceful = signals.resolve(self.spec.stop_signal)
         self.processes()
         self._note_stop_request(graceful)
         try:
@@ -500,6 +549,8 @@ class SupervisorHandle:
             findings.append(self._stop_for_teardown())
         finally:  # even when interrupted: nothing may outlive the test
             self._kill()
+            if self._observer is not None:
+                self._observer.close()
             self._stream.close()
             findings.append(self._kill_leftovers())
         problems = [finding for finding in findings if finding]
@@ -555,9 +606,10 @@ class SupervisorHandle:
             code = self.stop()
         except SupervisorAssertionError as error:
             return str(error)
-        if code != 0:
+        if code not in self.spec.clean_exit_codes:
+            expected = " or ".join(str(clean) for clean in self.spec.clean_exit_codes)
             return self.explain(
-                f"the supervisor exited with code {code} on a graceful stop; expected 0"
+                f"the supervisor exited with code {code} on a graceful stop; expected {expected}"
             )
         return None
 
@@ -568,6 +620,12 @@ class SupervisorHandle:
 
     def _running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    def _writer_alive(self) -> bool:
+        """Whether events may still be written: by the supervisor, or by its observer."""
+        if self.spec.observed is not None:
+            return self._observer is not None and self._observer.alive()
+        return self._running()
 
     def _kill(self) -> None:
         """Kill the supervisor if it still runs (SIGKILL; Windows: TerminateProcess)."""
@@ -620,7 +678,7 @@ class SupervisorHandle:
 
     def _note_stop_request(self, sig: signals.Signal) -> None:
         """Keep when the supervisor was first asked to shut down, to time the shutdown."""
-        asks_to_stop = sig == signals.resolve("graceful_stop") or sig.name == "SIGINT"
+        asks_to_stop = sig == signals.resolve(self.spec.stop_signal) or sig.name == "SIGINT"
         if asks_to_stop and self._stop_requested is None:
             self._stop_requested = time.monotonic()
 

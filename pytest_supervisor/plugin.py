@@ -11,12 +11,13 @@ from typing import Iterator, NamedTuple
 
 import pytest
 
-from pytest_supervisor import report_plugin, scenario_items
 from pytest_supervisor import settings as settings_module
 from pytest_supervisor.dummy_command import DummyService
 from pytest_supervisor.errors import HarnessUsageError, LaunchError, TeardownFailed
 from pytest_supervisor.factory import SupervisorFactory, default_supervisor_command
 from pytest_supervisor.handle import SupervisorHandle
+from pytest_supervisor.report import plugin as report_plugin
+from pytest_supervisor.scenarios import items as scenario_items
 from pytest_supervisor.settings import PHASES, PluginSettings, Setting
 
 SETTINGS_KEY = pytest.StashKey[PluginSettings]()
@@ -36,6 +37,21 @@ _OPTIONS = (
         "supervisor_cmd",
         "command that runs the supervisor under test, split like a shell would"
         " ('run -c CONFIG ...' is appended). Default: this distribution's supervisor.py.",
+    ),
+    _Option(
+        "--supervisor-target",
+        "supervisor_target",
+        "target",
+        "the supervisor under test: ours (default), supervisord, circus, s6, runit or command"
+        " (your own, run with --supervisor-cmd), watched from outside; several, comma-separated,"
+        " run each test once per target (a conformance table in the report).",
+    ),
+    _Option(
+        "--supervisor-peer",
+        "supervisor_peers",
+        "peers",
+        "where another target's program is, e.g. 'supervisord=/opt/sd/bin/supervisord,"
+        "circus=/opt/circus/bin/circusd' (comma-separated). Default: found on PATH.",
     ),
     _Option(
         "--supervisor-report",
@@ -152,21 +168,41 @@ def _setting(config: pytest.Config, option: _Option) -> Setting | None:
     return None
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """With several --supervisor-target, a test that spawns supervisors runs on each."""
+    targets = get_settings(metafunc.config).targets
+    if len(targets) > 1 and "supervisor_target" in metafunc.fixturenames:
+        metafunc.parametrize("supervisor_target", targets, indirect=True)
+
+
+@pytest.fixture
+def supervisor_target(request: pytest.FixtureRequest) -> str:
+    """The supervisor this test runs on: ours, or a --supervisor-target."""
+    chosen = getattr(request, "param", None) or getattr(request.node, "supervisor_target", None)
+    return str(chosen or get_settings(request.config).targets[0])
+
+
 @pytest.fixture
 def supervisor_factory(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    supervisor_target: str,
 ) -> Iterator[SupervisorFactory]:
     """Spawns supervisors (``spawn(config, **options)``); all are torn down after the test."""
     settings = get_settings(request.config)
-    try:
-        command = settings.supervisor_cmd or default_supervisor_command()
-    except LaunchError as error:
-        pytest.fail(str(error), pytrace=False)
+    command = settings.supervisor_cmd
+    if command is None and supervisor_target == "ours":
+        try:
+            command = default_supervisor_command()
+        except LaunchError as error:
+            pytest.fail(str(error), pytrace=False)
     factory = SupervisorFactory(
         tmp_path_factory.mktemp("supervisor"),
         command=command,
         record=lambda name, value: request.node.user_properties.append((name, value)),
         unsupported=pytest.skip,
+        target=supervisor_target,
+        peers=settings.peers,
     )
     yield factory
     try:

@@ -117,6 +117,14 @@ def unique(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
     return sorted(by_pid.values(), key=lambda process: process.pid)
 
 
+def is_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        return _alive(psutil.Process(pid))
+    except psutil.Error:
+        return False
+
+
 def _alive(process: psutil.Process) -> bool:
     # A zombie has exited and holds nothing but its pid until its parent reaps it.
     try:

@@ -7,13 +7,15 @@ Every bad value is reported together with where it came from, e.g.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AbstractSet, Sequence
+from typing import AbstractSet, Mapping, Sequence
+
+from pytest_supervisor.suggest import did_you_mean
+from pytest_supervisor.targets import NAMES as TARGETS
 
 PHASES = ("unit", "integration", "stress")
 
@@ -42,6 +44,8 @@ class PluginSettings:
     scenarios_dir: Path
     phases: frozenset[str] | None  # None: no phase selection
     stress_scale: float
+    targets: tuple[str, ...] = ("ours",)  # several: each test runs once per target
+    peers: Mapping[str, str] | None = None  # a target's program, else found on PATH
 
     def selects(self, item_phases: AbstractSet[str]) -> bool:
         """Whether an item marked with ``item_phases`` runs; unmarked items always do."""
@@ -56,6 +60,8 @@ def parse(
     scenarios_dir: Setting | None = None,
     phase: Setting | None = None,
     stress_scale: Setting | None = None,
+    target: Setting | None = None,
+    peers: Setting | None = None,
 ) -> PluginSettings:
     """Validate every given setting; raise one ``SettingsError`` naming all bad ones."""
     problems: list[str] = []
@@ -65,6 +71,8 @@ def parse(
         scenarios_dir=_folder(scenarios_dir) if scenarios_dir else rootdir / "scenarios",
         phases=_phases(phase, problems) if phase else None,
         stress_scale=_scale(stress_scale, problems) if stress_scale else 1.0,
+        targets=_targets(target, problems) if target else ("ours",),
+        peers=_peers(peers, problems) if peers else {},
     )
     if problems:
         raise SettingsError("\n".join(problems))
@@ -108,13 +116,39 @@ def _phases(setting: Setting, problems: list[str]) -> frozenset[str] | None:
     names = [name.strip() for name in setting.value.split(",") if name.strip()]
     unknown = [name for name in names if name not in PHASES]
     if unknown or not names:
-        close = difflib.get_close_matches(unknown[0], PHASES, n=1) if unknown else []
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(unknown[0], PHASES) if unknown else ""
         problems.append(
             setting.problem(f"one or more of {', '.join(PHASES)}, comma-separated{hint}")
         )
         return None
     return frozenset(names)
+
+
+def _targets(setting: Setting, problems: list[str]) -> tuple[str, ...]:
+    names = [name.strip() for name in setting.value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TARGETS]
+    if unknown or not names:
+        hint = did_you_mean(unknown[0], TARGETS) if unknown else ""
+        expected = f"one or more of {', '.join(TARGETS)}, comma-separated{hint}"
+        problems.append(setting.problem(expected))
+        return ("ours",)
+    return tuple(dict.fromkeys(names))
+
+
+def _peers(setting: Setting, problems: list[str]) -> dict[str, str]:
+    peers = {}
+    for entry in (part.strip() for part in setting.value.replace("\n", ",").split(",")):
+        name, equals, program = (part.strip() for part in entry.partition("="))
+        if not entry:
+            continue
+        if not equals or name not in TARGETS[1:-1] or not program:
+            hint = did_you_mean(name, TARGETS[1:-1])
+            known = ", ".join(TARGETS[1:-1])
+            expected = f"TARGET=PROGRAM entries, comma-separated, TARGET one of {known}{hint}"
+            problems.append(setting.problem(expected))
+            continue
+        peers[name] = str((setting.base / program).resolve()) if os.sep in program else program
+    return peers
 
 
 def _scale(setting: Setting, problems: list[str]) -> float:

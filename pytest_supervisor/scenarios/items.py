@@ -20,11 +20,11 @@ import pytest
 from pytest_supervisor import wine
 from pytest_supervisor.dummy_command import DummyService
 from pytest_supervisor.factory import SupervisorFactory
-from pytest_supervisor.scenario_document import ScenarioFileError
-from pytest_supervisor.scenario_runner import ScenarioFailure, ScenarioRunner
-from pytest_supervisor.scenarios import Scenario, load_scenarios
+from pytest_supervisor.report.metric_targets import METRIC_TARGETS
+from pytest_supervisor.scenarios.document import ScenarioFileError
+from pytest_supervisor.scenarios.loader import Scenario, load_scenarios
+from pytest_supervisor.scenarios.runner import ScenarioFailure, ScenarioRunner
 from pytest_supervisor.settings import PluginSettings
-from pytest_supervisor.targets import METRIC_TARGETS
 
 
 def collect_file(
@@ -33,15 +33,18 @@ def collect_file(
     """A collector for ``*.yaml`` files in the scenarios folder; other files are not ours."""
     if file_path.suffix != ".yaml" or not _within(file_path, settings.scenarios_dir):
         return None
-    return ScenarioFile.from_parent(parent, path=file_path, stress_scale=settings.stress_scale)
+    return ScenarioFile.from_parent(
+        parent, path=file_path, stress_scale=settings.stress_scale, targets=settings.targets
+    )
 
 
 class ScenarioFile(pytest.File):
     """One scenario file: its scenarios, or one failing item naming its problems."""
 
-    def __init__(self, *, stress_scale: float, **kwargs: Any) -> None:
+    def __init__(self, *, stress_scale: float, targets: Tuple[str, ...], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.stress_scale = stress_scale
+        self.targets = targets
 
     def collect(self) -> Iterator[pytest.Item]:
         shown_as = _shown(self.path, self.config.rootpath)
@@ -57,24 +60,34 @@ class ScenarioFile(pytest.File):
             )
             return
         for scenario in scenarios:
-            item = ScenarioItem.from_parent(
-                self,
-                name=scenario.test_name,
-                callobj=_scenario_test(scenario),
-                place=(1, f"scenario: {scenario.name}"),
-            )
-            _add_markers(item, scenario)
-            if scenario.metric_targets is not None:
-                item.user_properties.append((METRIC_TARGETS, scenario.metric_targets))
-            yield item
+            # A scenario naming its target runs on it; else on each target of the run.
+            targets = (scenario.target,) if scenario.target else self.targets
+            for target in targets:
+                name = scenario.test_name
+                if len(targets) > 1:  # one item per target: the conformance table's rows
+                    name = f"{name[:-1]}-{target}]" if name.endswith("]") else f"{name}[{target}]"
+                item = ScenarioItem.from_parent(
+                    self,
+                    name=name,
+                    callobj=_scenario_test(scenario),
+                    place=(1, f"scenario: {scenario.name}"),
+                    target=target,
+                )
+                _add_markers(item, scenario)
+                if scenario.metric_targets is not None:
+                    item.user_properties.append((METRIC_TARGETS, scenario.metric_targets))
+                yield item
 
 
 class ScenarioItem(pytest.Function):
     """A scenario; reported at its YAML file rather than at the Python that runs it."""
 
-    def __init__(self, *, place: Tuple[int, str], **kwargs: Any) -> None:
+    def __init__(
+        self, *, place: Tuple[int, str], target: Optional[str] = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.place = place
+        self.supervisor_target = target  # read by the supervisor_target fixture
 
     def reportinfo(self) -> Tuple[Path, int, str]:
         line, description = self.place
