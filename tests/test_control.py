@@ -283,7 +283,10 @@ def test_garbage_on_the_socket_never_delays_a_respawn(supervisor_factory, dummy_
     garbage = [b"\x00\xff\xfe", b"{", b"[]", b"null", b'{"v": 1}', b'{"v": 1, "cmd": "nope"}',
                b'{"v": 99, "cmd": "status"}', b'{"v": 1, "cmd": "stop", "args": []}',
                b'{"v": 1, "cmd": "start", "args": {"names": [1]}}', b"\xc3\x28" * 50,
-               b'{"v": 1, "cmd": "status", "args": {"names": "x"}}']
+               b'{"v": 1, "cmd": "status", "args": {"names": "x"}}', b"[" * 5000,
+               b'{"v": 1, "id": ' + b"7" * 5000 + b', "cmd": "status"}',
+               b'{"v": 1, "cmd": ' + b"{\"a\": " * 3000 + b"1" + b"}" * 3000 + b"}",
+               b'{"v": 1, "id": [[[[[[[[]]]]]]]], "cmd": "status"}']
     sent = [0]
     stop = threading.Event()
 
