@@ -3406,6 +3406,11 @@ def take_handoff() -> Optional[Dict[str, Any]]:
 
 # --------------------------------------------------------------------------- running
 
+# Faults tolerated while stopping after a failure: a loop failing more often than this is
+# broken, and the services are SIGKILLed instead.
+FAULTS_WHILE_STOPPING = 5
+
+
 class RestartInProcess(Exception):
     """Raised out of ``Runner.run()`` where an exec cannot keep the services (Windows):
     ``main()`` runs a fresh image in this same process with ``state``, which starts them."""
@@ -3476,7 +3481,7 @@ class Runner:
                 if manager.shutting_down or not limits.enabled or len(history) > limits.max:
                     log("error", "not respawning (%d failures within %ss); stopping everything"
                         % (len(history), limits.window))
-                    self._stop_after_failure(manager, limits.max)
+                    self._stop_after_failure(manager)
                     break
                 events.emit("self_respawn", None, reason="%s: %s" % (type(exc).__name__, exc),
                             count=respawn_count + 1)
@@ -3522,7 +3527,7 @@ class Runner:
         return RestartInProcess(state)
 
     @staticmethod
-    def _stop_after_failure(manager: ServiceManager, faults_tolerated: int) -> None:
+    def _stop_after_failure(manager: ServiceManager) -> None:
         """Stop every service gracefully, going on after a fault (one more fault must not cost
         the services their stop); only a loop that keeps failing gets brute force."""
         faults = 0
@@ -3534,7 +3539,7 @@ class Runner:
             except Exception:  # noqa: BLE001 - the stop goes on, or falls back to brute force
                 faults += 1
                 log("error", "unexpected error while stopping:\n" + traceback.format_exc())
-                if faults > faults_tolerated:
+                if faults > FAULTS_WHILE_STOPPING:
                     log("error", "cannot stop services gracefully (%d faults); killing them"
                         % faults)
                     manager.kill_everything()
