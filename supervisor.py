@@ -781,6 +781,34 @@ def load_config(path: str) -> Config:
     return parse_config(read_config_text(path), path)
 
 
+def output_problems(config: Config, events_option: Optional[str]) -> List[Problem]:
+    """Where the supervisor's own log or event stream could not be written (``check`` and
+    ``run`` both say so, in the same words)."""
+    settings = config.supervisor
+    outputs = [(config.path, "supervisor.log_file", settings.log_file),
+               ("", "--events", events_option) if events_option else
+               (config.path, "supervisor.events_file", settings.events_file)]
+    problems = []
+    for where, key, path in outputs:
+        reason = _unwritable(path) if path and path != "-" else None
+        if reason:
+            problems.append(Problem(where, None, key, reason))
+    return problems
+
+
+def _unwritable(path: str) -> Optional[str]:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(folder):
+        return "cannot write %s: the folder %s does not exist" % (path, folder)
+    if not os.path.isdir(folder):
+        return "cannot write %s: %s is not a folder" % (path, folder)
+    if os.path.isdir(path):
+        return "cannot write %s: it is a folder" % path
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        return "cannot write %s: permission denied" % path
+    return None
+
+
 # --------------------------------------------------------------------------- event stream
 
 class EventStream:
@@ -1056,10 +1084,12 @@ class Processes(Protocol):
     WindowsProcesses, and the tests' fakes)."""
     backend: str
     exec_keeps_children: bool
+    services_open_files: Optional[int]
 
     @property
     def orphans_come_home(self) -> bool: ...
     def take_charge(self) -> None: ...
+    def raise_open_files_limit(self, services_soft: Optional[int] = None) -> None: ...
     def release_free_memory(self) -> None: ...
     def wakeup_source(self) -> Optional[Any]: ...
     def drain_wakeup(self) -> None: ...
@@ -1262,6 +1292,7 @@ class PosixProcesses:
         self._inotify: Optional[Inotify] = None
         self._popen: Dict[int, subprocess.Popen] = {}
         self._reaped_early: List[Tuple[int, ExitInfo]] = []  # by is_child() without waitid
+        self.services_open_files: Optional[int] = None  # see raise_open_files_limit()
 
     def take_charge(self) -> None:
         """Become the parent of whatever our services orphan (Linux: a child subreaper), and
@@ -1306,6 +1337,32 @@ class PosixProcesses:
         self._home, self._cgroups, self.backend = home, folder, "cgroup"
 
     exec_keeps_children = True  # execv keeps the PID, so the services stay our children
+
+    def raise_open_files_limit(self, services_soft: Optional[int] = None) -> None:
+        """Raise our open-files soft limit to the hard limit: each service costs us a few
+        descriptors. Services get back ``services_soft`` (default: the soft limit we were
+        given), since programs using select() break past descriptor 1024; systemd and the Go
+        runtime raise only their own limit too.
+
+        It is given back with prlimit() right after the spawn (no cost), so a service's
+        first microseconds run with our limit: a program reading it at once (``sh -c
+        'ulimit -n'``) may see ours. A preexec_fn would close that window but turns the
+        spawn's vfork into a fork: 0.1 ms -> 1.2 ms a spawn, on every respawn. Lowering
+        our own limit around the spawn fails once our descriptors fill the range below
+        it. Without prlimit (not Linux) nothing is raised.
+        """
+        import resource
+        if not hasattr(resource, "prlimit"):
+            return
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if services_soft is None:
+            services_soft = soft
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return  # an infinite hard limit that the kernel caps lower: keep what we have
+        if services_soft != hard:
+            self.services_open_files = services_soft
 
     def release_free_memory(self) -> None:
         """Give the C allocator's free pages back to the OS: glibc keeps the free pages inside
@@ -1400,6 +1457,8 @@ class PosixProcesses:
             if isinstance(tree, CgroupTree):
                 _write_file(os.path.join(self._home, "cgroup.procs"), b"0")  # type: ignore[arg-type]
         self._popen[proc.pid] = proc
+        if self.services_open_files is not None:
+            _give_back_open_files_limit(proc.pid, self.services_open_files)
         tree.begin(proc.pid)
         return proc.pid
 
@@ -1619,6 +1678,11 @@ class WindowsProcesses:
         self._popen: Dict[int, subprocess.Popen] = {}
 
     backend = "job"
+
+    services_open_files: Optional[int] = None
+
+    def raise_open_files_limit(self, services_soft: Optional[int] = None) -> None:
+        """Windows has no open-files limit to raise."""
 
     def wakeup_source(self) -> Optional[socket.socket]:
         return self._wake_reader
@@ -1968,6 +2032,30 @@ def _is_zombie(pid: int) -> bool:
         return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except Exception:  # noqa: BLE001 - psutil missing, or the process is gone
         return False
+
+
+def _give_back_open_files_limit(pid: int, soft: int) -> None:
+    import resource
+    try:
+        _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)  # type: ignore[attr-defined]
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))  # type: ignore[attr-defined]
+    except (ProcessLookupError, PermissionError):
+        pass  # it is gone already, or it switched user (it then kept the limit we gave it)
+
+
+def describe_os_error(exc: Exception) -> str:
+    """An error in words: running out of descriptors names the limit to raise."""
+    if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
+        try:
+            import resource
+            limit = " (%d)" % resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except ImportError:
+            limit = ""
+        return ("out of file descriptors: the supervisor's open-files limit%s is reached; "
+                "raise it (ulimit -n, systemd's LimitNOFILE=) or run fewer services" % limit)
+    if isinstance(exc, OSError) and exc.errno == errno.ENFILE:
+        return "out of file descriptors: the system's open-files table is full (fs.file-max)"
+    return "%s: %s" % (type(exc).__name__, exc)
 
 
 def _exit_info(status: int) -> ExitInfo:
@@ -2445,6 +2533,7 @@ class ServiceManager:
         self._dependents: Dict[str, List[Service]] = {}
         self._find_dependents()
         self.control: Optional[ControlServer] = None
+        self._status_rows: Dict[str, Dict[str, Any]] = {}  # status() of this pass, by name
         self._replies_after_stop: List[Tuple[List[Service], Callable[[], None]]] = []
         self._requested: Optional[Exception] = None  # raised by the loop once replies are out
         self._state_write: Optional[Timer] = None
@@ -2487,6 +2576,9 @@ class ServiceManager:
                 self._on_exit(pid, info)
             self.timers.run_due(lambda: bool(self._pending_signals))
             self._check_drained()
+        if self.control is not None and self.control.turns:
+            self._status_rows.clear()  # one snapshot per pass, shared by every status asked
+            self.control.serve()
         if self._replies_after_stop:
             self._send_replies_after_stop()
         if self.shutting_down:
@@ -2499,7 +2591,8 @@ class ServiceManager:
         """The main loop: sleep until something happens, then ``monitor_services()``."""
         self.monitor_services()  # what happened before the loop: signals, exits during an exec
         while not self.finished:
-            for key, _ in self._selector.select(self.timers.next_timeout()):
+            waiting = self.control is not None and self.control.turns
+            for key, _ in self._selector.select(0 if waiting else self.timers.next_timeout()):
                 key.data()
             self.monitor_services()
 
@@ -2663,7 +2756,7 @@ class ServiceManager:
             for _, reader, writer in pipes:
                 os.close(reader)
                 os.close(writer)
-            error = "%s: %s" % (type(exc).__name__, exc)
+            error = describe_os_error(exc)
             log("error", "cannot start %s: %s" % (" ".join(config.command), error), service.name)
             service.last_exit = None
             service.transition("spawn_failed", State.EXITED, error=error)
@@ -3041,6 +3134,8 @@ class ServiceManager:
                          reply: Callable[[Dict[str, Any]], None]) -> None:
         command, args = request.get("cmd"), request.get("args") or {}
         try:
+            if not isinstance(command, str):
+                raise ControlError("cmd: expected one of %s" % ", ".join(CONTROL_COMMANDS))
             if command not in CONTROL_COMMANDS:
                 raise ControlError("unknown command %r%s" % (
                     command, _did_you_mean(command, CONTROL_COMMANDS)))
@@ -3052,7 +3147,9 @@ class ServiceManager:
         except ControlError as exc:
             reply({"ok": False, "error": str(exc)})
         except ConfigError as exc:
-            reply({"ok": False, "error": "reload refused, nothing changed:\n%s" % exc})
+            refusal = "reload refused, nothing changed:\n%s" % exc
+            log("error", refusal)
+            reply({"ok": False, "error": refusal})
 
     def _names(self, names: Any, allow_empty: bool) -> List[Service]:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -3069,8 +3166,13 @@ class ServiceManager:
     def _control_command(self, command: str, services: List[Service],
                          reply: Callable[[Dict[str, Any]], None]) -> None:
         if command == "status":
-            reply({"ok": True, "result": self.status(services)})
-        elif command == "start":
+            rows = self._status_rows
+            missing = [s for s in services if s.name not in rows]
+            rows.update((row["name"], row) for row in self.status(missing))
+            reply({"ok": True, "result": [rows[s.name] for s in services]})
+            return
+        self._status_rows.clear()  # what follows changes what status shows
+        if command == "start":
             for service in services:
                 self.start_service(service.name)
             reply({"ok": True, "result": {s.name: s.state.value for s in services}})
@@ -3238,7 +3340,8 @@ class ServiceManager:
         except (OSError, ValueError, KeyError, TypeError):
             return
         if owner["pid"] != os.getpid() and owner["start_time"] is not None \
-                and self.processes.start_time(owner["pid"]) == owner["start_time"]:
+                and self.processes.start_time(owner["pid"]) == owner["start_time"] \
+                and self.processes.alive(owner["pid"]):  # a zombie is not running anything
             raise ControlError("a supervisor (pid %d) is already running this config; state "
                                "file %s" % (owner["pid"], self.state_path()))
         left = {saved["pid"] for saved in state["services"].values()
@@ -3378,7 +3481,14 @@ def _drain(sock: socket.socket) -> None:
 PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 65536     # a longer line is refused and the client dropped
 MAX_CLIENTS = 512             # more at once are turned away, so none can starve the loop
-CLIENT_IDLE_TIMEOUT = 10.0    # a client that says nothing for this long is dropped
+CLIENT_IDLE_TIMEOUT = 10.0    # a client that neither asks nor takes an answer this long is dropped
+READ_CHUNK = 4096             # read per wake-up: what a waiting client holds of our memory
+ACCEPTS_PER_PASS = 16         # the listener stays readable: the rest come in the next pass
+# The time one pass of the loop gives to control requests, one request per client in turn;
+# the rest wait for the next pass, so a flood of requests never holds back a respawn.
+CONTROL_PASS_BUDGET = 0.001
+# Longer numbers are refused: before Python 3.11 reading and writing one costs quadratic time.
+MAX_NUMBER_DIGITS = 100
 CONTROL_COMMANDS = ("status", "start", "stop", "restart", "reload", "reexec", "shutdown",
                     "fault")
 
@@ -3388,15 +3498,20 @@ class ControlError(Exception):
 
 
 class ControlClient:
-    """One connection: its partial request, its unsent reply, its idle timer."""
+    """One connection: its unserved requests, its unsent replies, when it last moved."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, now: float):
         self.sock = sock
         self.inbox = b""
         self.outbox = b""
         self.authenticated = False
+        self.closing = False       # hang up once the answer is out
+        self.hung_up = False
+        self.active = now          # when it last sent a request or took some of a reply
+        self.unanswered = 0        # requests being carried out (a stop waits for the stop)
         self.idle: Optional[Timer] = None
-        self.closing = False
+        self.events = 0            # what the selector watches it for; 0: its turn is queued
+        self.queued = False
 
 
 class ControlServer:
@@ -3406,7 +3521,13 @@ class ControlServer:
     the peer's uid must be ours or root's. Without unix sockets (Windows): a loopback TCP
     port whose number and a random token are written to the socket path, a file only the
     user can read; a client's first line must carry the token.
-    Every socket is non-blocking: a silent, slow or hostile client costs the loop nothing.
+
+    Every socket is non-blocking, and no client can cost the loop more than its share:
+    reading only fills a client's inbox; the loop serves one request per client in turn
+    after its own work, within CONTROL_PASS_BUDGET (``serve``). A client with an answer
+    still unsent is not read (back-pressure: its requests wait in the kernel, its backlog is
+    one answer), and one that neither asks nor takes an answer for CLIENT_IDLE_TIMEOUT is
+    dropped.
     """
 
     def __init__(self, path: str, selector: selectors.BaseSelector, timers: Timers,
@@ -3418,6 +3539,7 @@ class ControlServer:
         self.listener: Optional[socket.socket] = None
         self.token: Optional[str] = None
         self.clients: Dict[socket.socket, ControlClient] = {}
+        self.turns: Deque[ControlClient] = collections.deque()  # clients with a request
 
     def open(self, inherited_fd: Optional[int] = None, token: Optional[str] = None) -> None:
         if inherited_fd is not None:
@@ -3483,32 +3605,84 @@ class ControlServer:
 
     def _accept(self) -> None:
         assert self.listener is not None
-        while True:
+        for _ in range(ACCEPTS_PER_PASS):
             try:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log("warning", "control socket: cannot accept: %s" % exc)
+                log("warning", "control socket: cannot accept: %s" % describe_os_error(exc))
                 return
             if len(self.clients) >= MAX_CLIENTS or not _peer_allowed(sock):
                 sock.close()
                 continue
             sock.setblocking(False)
-            client = ControlClient(sock)
+            client = ControlClient(sock, self.timers.clock())
             client.authenticated = self.token is None
             self.clients[sock] = client
-            self.selector.register(sock, selectors.EVENT_READ, lambda c=client: self._read(c))
-            self._touch(client)
+            self._watch_idle(client)
+            self._update(client)
 
-    def _touch(self, client: ControlClient) -> None:
-        if client.idle is not None:
-            client.idle.cancel()
-        client.idle = self.timers.call_later(CLIENT_IDLE_TIMEOUT, lambda: self._drop(client))
+    def _watch_idle(self, client: ControlClient) -> None:
+        """Drop ``client`` once it has been idle CLIENT_IDLE_TIMEOUT. One timer per client,
+        moved on only when it fires: activity itself costs nothing."""
+        if client.unanswered:
+            client.active = self.timers.clock()  # waiting for its answer is not being idle
+        due = client.active + CLIENT_IDLE_TIMEOUT
+        if due <= self.timers.clock():
+            self._drop(client)
+        else:
+            client.idle = self.timers.call_at(due, lambda: self._watch_idle(client))
+
+    def _update(self, client: ControlClient) -> None:
+        """Watch ``client`` for what comes next: taking our answer (it is not read meanwhile),
+        its next request's turn, or more of its requests."""
+        end = client.inbox.find(b"\n")
+        if client.outbox:
+            events = selectors.EVENT_WRITE
+        elif client.closing:
+            # Hung up on after its answer: it gets an end of file, and what it still sends is
+            # read and thrown away until it leaves (closing on unread data would reset the
+            # connection before it could read the answer).
+            if not client.hung_up:
+                client.hung_up = True
+                try:
+                    client.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    self._drop(client)
+                    return
+            events = selectors.EVENT_READ
+        elif end > MAX_REQUEST_BYTES or (end < 0 and len(client.inbox) > MAX_REQUEST_BYTES):
+            client.inbox = b""
+            self._reply(client, {"ok": False, "error": "request longer than %d bytes"
+                                 % MAX_REQUEST_BYTES}, close=True)
+            return
+        elif end >= 0:
+            events = 0
+            if not client.queued:
+                client.queued = True
+                self.turns.append(client)
+        else:
+            events = selectors.EVENT_READ
+        if events == client.events:
+            return
+        if not client.events:
+            self.selector.register(client.sock, events, lambda: self._ready(client))
+        elif not events:
+            self.selector.unregister(client.sock)
+        else:
+            self.selector.modify(client.sock, events, lambda: self._ready(client))
+        client.events = events
+
+    def _ready(self, client: ControlClient) -> None:
+        if client.events == selectors.EVENT_WRITE:
+            self._flush(client)
+        else:
+            self._read(client)
 
     def _read(self, client: ControlClient) -> None:
         try:
-            data = client.sock.recv(MAX_REQUEST_BYTES)
+            data = client.sock.recv(READ_CHUNK)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -3516,25 +3690,46 @@ class ControlServer:
         if not data:
             self._drop(client)
             return
-        self._touch(client)
-        client.inbox += data
-        while b"\n" in client.inbox and not client.closing:
+        client.active = self.timers.clock()
+        if not client.closing:
+            client.inbox += data
+        self._update(client)
+
+    def serve(self) -> None:
+        """Serve waiting requests, one per client in turn, until CONTROL_PASS_BUDGET is spent
+        (the loop calls this once a pass, and does not sleep while requests wait)."""
+        deadline = self.timers.clock() + CONTROL_PASS_BUDGET
+        for _ in range(len(self.turns)):
+            client = self.turns.popleft()
+            client.queued = False
+            if client.sock not in self.clients or client.outbox:
+                continue  # gone, or an answer waits first: taking it queues the client again
             line, client.inbox = client.inbox.split(b"\n", 1)
             self._request(client, line)
-        if len(client.inbox) > MAX_REQUEST_BYTES:
-            self._reply(client, {"ok": False, "error": "request longer than %d bytes"
-                                 % MAX_REQUEST_BYTES}, close=True)
+            if client.sock in self.clients:
+                self._update(client)
+            if self.timers.clock() >= deadline:
+                return
 
     def _request(self, client: ControlClient, line: bytes) -> None:
+        """Carry out one request. Whatever a client sends, what goes wrong is its answer,
+        never an exception in the loop."""
         try:
-            request = json.loads(line)
-        except ValueError:
-            self._reply(client, {"ok": False, "error": "not JSON"})
+            request = json.loads(line, parse_int=_short_int)
+        except ControlError as exc:
+            self._reply(client, {"ok": False, "error": str(exc)})
+            return
+        except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." too deep
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else "not JSON"
+            self._reply(client, {"ok": False, "error": reason})
             return
         if not isinstance(request, dict):
             self._reply(client, {"ok": False, "error": "expected a JSON object"})
             return
         reply_id = request.get("id")
+        if reply_id is not None and not isinstance(reply_id, (str, int, float)):
+            self._reply(client, {"ok": False, "error": "id: expected a string or a number"})
+            return
         if not client.authenticated:
             if request.get("token") != self.token:
                 self._reply(client, {"ok": False, "error": "bad token"}, close=True)
@@ -3545,7 +3740,21 @@ class ControlServer:
                                  "unsupported protocol version %r (this supervisor speaks %d)"
                                  % (request.get("v"), PROTOCOL_VERSION)})
             return
-        self.handle(request, lambda reply: self._reply(client, dict(reply, id=reply_id)))
+        answered = False
+
+        def answer(reply: Dict[str, Any]) -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                client.unanswered -= 1
+                self._reply(client, dict(reply, id=reply_id))
+
+        client.unanswered += 1
+        try:
+            self.handle(request, answer)
+        except Exception as exc:  # noqa: BLE001 - a request must never take the loop down
+            log("error", "a control request failed:\n" + traceback.format_exc())
+            answer({"ok": False, "error": "internal error: %s: %s" % (type(exc).__name__, exc)})
 
     def _reply(self, client: ControlClient, reply: Dict[str, Any], close: bool = False) -> None:
         if client.sock not in self.clients:
@@ -3563,29 +3772,25 @@ class ControlServer:
         except OSError:
             self._drop(client)
             return
-        client.outbox = client.outbox[sent:]
-        if client.outbox:
-            if len(client.outbox) > 16 * MAX_REQUEST_BYTES:
-                self._drop(client)  # it sends requests but never reads the answers
-                return
-            self.selector.modify(client.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
-                                 lambda: self._writable(client))
-        elif client.closing:
-            self._drop(client)
-
-    def _writable(self, client: ControlClient) -> None:
-        self._read(client)
-        if client.sock in self.clients:
-            self.selector.modify(client.sock, selectors.EVENT_READ, lambda: self._read(client))
-            self._flush(client)
+        if sent:
+            client.outbox = client.outbox[sent:]
+            client.active = self.timers.clock()
+        self._update(client)
 
     def _drop(self, client: ControlClient) -> None:
         if self.clients.pop(client.sock, None) is None:
             return
         if client.idle is not None:
             client.idle.cancel()
-        self.selector.unregister(client.sock)
+        if client.events:
+            self.selector.unregister(client.sock)
         client.sock.close()
+
+
+def _short_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise ControlError("numbers longer than %d digits are refused" % MAX_NUMBER_DIGITS)
+    return int(digits)
 
 
 def _peer_allowed(sock: socket.socket) -> bool:
@@ -3704,6 +3909,11 @@ def take_handoff() -> Optional[Dict[str, Any]]:
 
 # --------------------------------------------------------------------------- running
 
+# Faults tolerated while stopping after a failure: a loop failing more often than this is
+# broken, and the services are SIGKILLed instead.
+FAULTS_WHILE_STOPPING = 5
+
+
 class RestartInProcess(Exception):
     """Raised out of ``Runner.run()`` where an exec cannot keep the services (Windows):
     ``main()`` runs a fresh image in this same process with ``state``, which starts them."""
@@ -3730,10 +3940,16 @@ class Runner:
             print(exc, file=sys.stderr)
             return EXIT_USAGE
         settings = config.supervisor
+        problems = output_problems(config, self.args.events)
+        if problems:
+            print(ConfigError(problems), file=sys.stderr)
+            return EXIT_USAGE
         configure_logging(self.args.log_level or settings.log_level,
                           self.args.log_format or settings.log_format, settings.log_file)
         events = EventStream(self.args.events or settings.events_file)
         manager = ServiceManager(config, events, config_text=config_text)
+        manager.processes.raise_open_files_limit(handoff.get("services_open_files")
+                                                 if handoff else None)
         manager.allow_fault_injection = self.args.allow_fault_injection
         history: List[float] = handoff["respawn_history"] if handoff else []
         respawn_count: int = handoff["respawn_count"] if handoff else 0
@@ -3784,6 +4000,7 @@ class Runner:
             raise self._restart_in_process(manager, history, respawn_count, parent_pid)
         state = manager.handoff_state(history, parent_pid)
         state["respawn_count"] = respawn_count
+        state["services_open_files"] = manager.processes.services_open_files
         path = write_handoff(state)
         manager.close(for_exec=True)
         try:
@@ -3806,6 +4023,7 @@ class Runner:
         manager.close_pipes()
         state = manager.handoff_state(history, parent_pid)
         state["respawn_count"] = respawn_count
+        state["services_open_files"] = manager.processes.services_open_files
         manager.kill_everything()
         manager.close(for_exec=True)
         log("warning", "services cannot outlive a re-exec on this OS: they are started again")
@@ -3813,13 +4031,22 @@ class Runner:
 
     @staticmethod
     def _stop_after_failure(manager: ServiceManager) -> None:
-        try:
-            manager.shutdown(EXIT_FAILURE)
-            manager.exit_code = EXIT_FAILURE
-            manager.run_monitoring()
-        except Exception:  # noqa: BLE001 - the loop is broken: fall back to brute force
-            log("error", "cannot stop services gracefully:\n" + traceback.format_exc())
-            manager.kill_everything()
+        """Stop every service gracefully, going on after a fault (one more fault must not cost
+        the services their stop); only a loop that keeps failing gets brute force."""
+        faults = 0
+        while True:
+            try:
+                manager.shutdown(EXIT_FAILURE)
+                manager.run_monitoring()
+                break
+            except Exception:  # noqa: BLE001 - the stop goes on, or falls back to brute force
+                faults += 1
+                log("error", "unexpected error while stopping:\n" + traceback.format_exc())
+                if faults > FAULTS_WHILE_STOPPING:
+                    log("error", "cannot stop services gracefully (%d faults); killing them"
+                        % faults)
+                    manager.kill_everything()
+                    break
         manager.exit_code = EXIT_FAILURE
 
 
@@ -3900,6 +4127,10 @@ def main(argv: Optional[List[str]] = None, as_script: bool = False) -> int:
             config = parse_config(read_config_text(args.config), args.config)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
+            return EXIT_USAGE
+        problems = output_problems(config, args.events)
+        if problems:
+            print(ConfigError(problems), file=sys.stderr)
             return EXIT_USAGE
         print("%s: OK (%d services)" % (args.config, len(config.services)))
         return EXIT_OK

@@ -15,6 +15,7 @@ import random
 import shutil
 import signal
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ class Settings:
     storm_seconds: float
     storm_warmup: float
     self_respawn_trials: int
+    flood_trials: int
 
     @classmethod
     def choose(cls, quick: bool, storm_seconds: Optional[float]) -> "Settings":
@@ -80,10 +82,10 @@ class Settings:
             return cls(respawn_trials=10, startup_trials=1, idle_seconds=2.0, idle_settle=0.5,
                        shutdown_trials=1, storm_services=100,
                        storm_seconds=storm_seconds or 2.0, storm_warmup=0.5,
-                       self_respawn_trials=2)
+                       self_respawn_trials=2, flood_trials=30)
         return cls(respawn_trials=30, startup_trials=3, idle_seconds=10.0, idle_settle=2.0,
                    shutdown_trials=3, storm_services=100, storm_seconds=storm_seconds or 10.0,
-                   storm_warmup=1.0, self_respawn_trials=10)
+                   storm_warmup=1.0, self_respawn_trials=10, flood_trials=200)
 
 
 @dataclass
@@ -548,3 +550,71 @@ def _wait_taken_over(events_path: Path, since: int, count: int, timeout: float =
             return max(stamps.values())
         time.sleep(0.002)
     raise Skipped("fewer than %d services taken over %.0f s after SIGUSR1" % (count, timeout))
+
+
+# --------------------------------------------------------------------------- control flood
+
+FLOOD_SCRIPT = Path(__file__).resolve().parent / "control_flood.py"
+# How long the flooding clients get to fill every buffer before the trials start.
+FLOOD_FILL = 2.0
+
+
+@one_at_a_time
+def control_flood(bench: Bench, subject: Subject, clients: int = 500) -> Dict[str, Figure]:
+    """Respawn after SIGKILL, first with nobody on the control socket, then while ``clients``
+    clients pipeline ``status`` requests and never read an answer; the supervisor's RSS."""
+    if subject.control_socket(bench.workroot) is None:
+        raise Skipped("has no control socket speaking our protocol")
+    trials = bench.settings.flood_trials
+    with bench.running(subject, sleep_services(1)) as run:
+        socket_path = subject.control_socket(run.workdir)
+        bench.wait_running(run, 1, STARTUP_TIMEOUT)
+        time.sleep(SETTLE)
+        process = psutil.Process(run.pid)
+        quiet = _respawns(bench, run, trials)
+        idle_rss = process.memory_info().rss
+        flood_dir = run.workdir / "flood"
+        flood_dir.mkdir()
+        flood, tag = bench.launcher.launch(
+            [sys.executable, str(FLOOD_SCRIPT), str(socket_path), str(clients)], flood_dir)
+        try:
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while b"connected" not in (flood_dir / "output.log").read_bytes():
+                if flood.poll() is not None or time.monotonic() > deadline:
+                    raise Skipped("the flooding clients could not connect: %s" % (
+                        flood_dir / "output.log").read_text()[-400:])
+                time.sleep(0.05)  # written by another process: no event to wait on
+            time.sleep(FLOOD_FILL)
+            rss = [process.memory_info().rss]
+            flooded = []
+            for _ in range(trials):
+                flooded += _respawns(bench, run, 1)
+                rss.append(process.memory_info().rss)
+        finally:
+            bench.launcher.finish(flood, tag, grace=0)
+    figures = {"quiet_p50": Figure(round(statistics.median(quiet) * 1e3, 3), "ms"),
+               "quiet_p99": Figure(round(percentile(quiet, 0.99) * 1e3, 3), "ms")}
+    if flooded:
+        figures.update({
+            "flood_p50": Figure(round(statistics.median(flooded) * 1e3, 3), "ms"),
+            "flood_p99": Figure(round(percentile(flooded, 0.99) * 1e3, 3), "ms"),
+            "flood_max": Figure(round(max(flooded) * 1e3, 3), "ms")})
+    figures.update({"missed": Figure(2 * trials - len(quiet) - len(flooded), "count"),
+                    "rss_idle": Figure(round(idle_rss / 2**20, 1), "MB"),
+                    "rss_flood_max": Figure(round(max(rss) / 2**20, 1), "MB"),
+                    "rss_growth": Figure(round((max(rss) - idle_rss) / 2**20, 1), "MB"),
+                    "clients": Figure(clients, "count"),
+                    "trials": Figure(trials, "count")})
+    return figures
+
+
+def _respawns(bench: Bench, run: Run, trials: int) -> List[float]:
+    """Kill the one service ``trials`` times; the latencies of the replacements that came."""
+    latencies = []
+    for _ in range(trials):
+        _pause()
+        latency = bench.kill_and_wait(run, sorted(run.watch.alive)[:1])
+        if latency is not None:
+            latencies.append(latency)
+        bench.wait_running(run, 1, RESPAWN_TIMEOUT)
+    return latencies

@@ -86,6 +86,11 @@ TARGETS = [
     ("idle with 100 services: RSS under 25 MB", _limit_target("idle_100", "rss", 25.0)),
     ("SIGTERM with 100 services: all gone within 150 ms (median)",
      _limit_target("shutdown_100", "all_gone", 150.0)),
+    # issue 14: clients that flood the control socket cost the services nothing
+    ("500 control clients that never read: respawn p99 under 5 ms",
+     _limit_target("control_flood", "flood_p99", 5.0)),
+    ("500 control clients that never read: RSS within 10 MB of idle",
+     _limit_target("control_flood", "rss_growth", 10.0)),
 ]
 
 

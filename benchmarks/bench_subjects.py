@@ -96,6 +96,10 @@ class Subject:
     def events_file(self, workdir: Path) -> Optional[Path]:
         return None
 
+    def control_socket(self, workdir: Path) -> Optional[Path]:
+        """Where the subject listens for control commands (ours: JSON lines), if it does."""
+        return None
+
 
 class PytestSupervisor(Subject):
     name = "pytest-supervisor"
@@ -119,7 +123,8 @@ class PytestSupervisor(Subject):
                 "factor": backoff.factor, "max_delay": backoff.max_delay, "jitter": 0.0})
         config = {
             # a self-respawn benchmark re-executes it many times in a row on purpose
-            "supervisor": {"self_respawn": {"enabled": True, "max": 1000, "window": 60}},
+            "supervisor": {"self_respawn": {"enabled": True, "max": 1000, "window": 60},
+                           "control_socket": str(self.control_socket(workdir))},
             "defaults": policy,
             "services": {s.name: {"command": list(s.argv)} for s in services},
         }
@@ -131,6 +136,9 @@ class PytestSupervisor(Subject):
 
     def events_file(self, workdir: Path) -> Optional[Path]:
         return workdir / "events.jsonl"
+
+    def control_socket(self, workdir: Path) -> Optional[Path]:
+        return workdir / "control.sock"
 
 
 class FloorRespawner(Subject):

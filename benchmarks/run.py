@@ -75,6 +75,8 @@ BENCHMARKS = [
               measure.storm_backoff, True),
     Benchmark("self_respawn", "self_respawn", "self-respawn (SIGUSR1 fault injection), "
               "20 services", measure.self_respawn, True),
+    Benchmark("control_flood", "control", "respawn while 500 control clients pipeline "
+              "requests and never read", measure.control_flood, True),
 ]
 
 

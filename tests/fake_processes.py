@@ -40,6 +40,7 @@ class FakeProcesses:
     backend = "fake"
     exec_keeps_children = True
     orphans_come_home = True
+    services_open_files = None
 
     def __init__(self) -> None:
         self.next_pid = 100
@@ -52,6 +53,9 @@ class FakeProcesses:
         self.stray: Set[int] = set()
 
     def take_charge(self) -> None:
+        pass
+
+    def raise_open_files_limit(self, services_soft: Optional[int] = None) -> None:
         pass
 
     def release_free_memory(self) -> None:
