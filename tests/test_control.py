@@ -6,8 +6,10 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
