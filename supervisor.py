@@ -68,8 +68,10 @@ from typing import (
     Mapping,
     NamedTuple,
     Optional,
+    Protocol,
     Set,
     Tuple,
+    runtime_checkable,
 )
 
 import yaml
@@ -203,6 +205,7 @@ class ServiceConfig:
     reset_after: float
     stop_signal: str
     stop_timeout: float
+    kill_mode: str  # "tree": what its main process leaves is stopped at its exit; "process": kept
     ready: Optional[ReadySpec]
     depends_on: Tuple[str, ...]
     stdout: OutputSpec
@@ -612,6 +615,7 @@ _SERVICE_KEYS: Dict[str, Tuple[_Validator, Any]] = {
     "reset_after": (_check_seconds, 10.0),
     "stop_signal": (_check_signal, "SIGTERM"),
     "stop_timeout": (_check_seconds, 10.0),
+    "kill_mode": (_choice("tree", "process"), "tree"),
     "ready": (_nullable(_check_ready), None),
     "depends_on": (_check_service_refs, ()),
     "stdout": (_check_output, OutputSpec("inherit")),
@@ -852,17 +856,28 @@ class State(enum.Enum):
 
 S = State
 # Every legal transition, as event -> (states it may leave, states it may enter).
-# Each transition emits exactly that one event.
+# Each transition emits exactly that one event. The life of a service:
+#
+#   stopped -spawned-> starting -ready-> running -exited-> exited
+#   exited [-leftovers_stopped-> exited] -restart_scheduled-> backoff -spawned-> ...
+#                                        -gave_up-> fatal   (or stays exited: policy says no)
+#   any state with processes alive -stopping-> stopping -stopped-> stopped
+#
+# A main process that exits leaving processes of its tree alive stays `exited` until they are
+# stopped (kill_mode: tree); only then does the restart policy act, so two instances never
+# coexist. `stopping` is entered from every state in which anything of the tree lives.
 TRANSITIONS: Dict[str, Tuple[Set[State], Set[State]]] = {
     "spawned": ({S.STOPPED, S.BACKOFF, S.EXITED, S.FATAL}, {S.STARTING, S.RUNNING}),
     "spawn_failed": ({S.STOPPED, S.BACKOFF, S.EXITED, S.FATAL}, {S.EXITED}),
-    "adopted": ({S.STOPPED}, {S.RUNNING, S.STOPPING}),
+    "adopted": ({S.STOPPED}, {S.STARTING, S.RUNNING, S.STOPPING}),
     "ready": ({S.STARTING}, {S.RUNNING}),
     "exited": ({S.STARTING, S.RUNNING}, {S.EXITED}),
+    "leftovers_stopped": ({S.EXITED}, {S.EXITED}),
     "restart_scheduled": ({S.EXITED}, {S.BACKOFF}),
     "gave_up": ({S.EXITED}, {S.FATAL}),
-    "stopping": ({S.STARTING, S.RUNNING}, {S.STOPPING}),
-    "stopped": ({S.STOPPING, S.BACKOFF, S.EXITED, S.FATAL}, {S.STOPPED}),
+    "stopping": ({S.STARTING, S.RUNNING, S.BACKOFF, S.EXITED, S.FATAL, S.STOPPED},
+                 {S.STOPPING}),
+    "stopped": ({S.STOPPING, S.BACKOFF}, {S.STOPPED}),
 }
 del S
 
@@ -894,10 +909,8 @@ class Service:
         self.started_at: Optional[float] = None
         self.last_exit: Optional[ExitInfo] = None
         self.timer: Optional[Timer] = None
-        # while stopping: the main pid's exit, processes that escaped its group, the signal
-        self.stop_exit: Optional[ExitInfo] = None
-        self.leftovers: Set[int] = set()
-        self.forced = False
+        self.tree: Any = None       # every process it has running (the process seam's tree)
+        self.drain: Optional[Drain] = None  # while its tree is being emptied
         # while starting: the readiness probe, and why the start failed if it did
         self.probe: Optional[ReadinessProbe] = None
         self.start_error: Optional[str] = None
@@ -928,6 +941,37 @@ def restart_delay(config: ServiceConfig, restart_number: int,
     if backoff.jitter:
         delay *= 1 + rng(-backoff.jitter, backoff.jitter)
     return max(delay, 0.0)
+
+
+class Decision(NamedTuple):
+    """What the restart policy does after an exit."""
+    action: str        # "restart" | "give_up" | "nothing"
+    retries: int       # the service's retry count from now on
+    delay: float = 0.0  # before the restart
+
+
+def decide_after_exit(config: ServiceConfig, retries: int, expected: bool, uptime: float,
+                      rng: Callable[[float, float], float] = random.uniform) -> Decision:
+    """The restart policy as a pure function of the config, the retry count so far, whether
+    the exit was expected (a success for on-failure) and how long the instance ran."""
+    if uptime >= config.reset_after:
+        retries = 0
+    if config.restart == "never" or (config.restart == "on-failure" and expected):
+        return Decision("nothing", retries)
+    if config.max_retries is not None and retries >= config.max_retries:
+        return Decision("give_up", retries)
+    return Decision("restart", retries + 1, restart_delay(config, retries + 1, rng))
+
+
+@dataclass
+class Drain:
+    """A service's tree being emptied: after a stop, or of what its exited main process left
+    behind. It ends once nothing of the tree is alive."""
+    pid: Optional[int]          # the main process when it began (None: it had exited)
+    count: int                  # processes of the tree alive when it began
+    forced: bool = False        # something had to be SIGKILLed
+    main_exit: Optional[ExitInfo] = None  # a stop: how the main process ended
+    verdict: Optional[Tuple[bool, float]] = None  # leftovers of an exit: (expected, uptime)
 
 
 # --------------------------------------------------------------------------- timers
@@ -994,6 +1038,204 @@ class Launch:
     umask: Optional[int]
 
 
+@runtime_checkable
+class ProcessTree(Protocol):
+    """Every process one service has running, whatever became of its main process."""
+    backend: str  # "cgroup" | "session" | "job"
+
+    def begin(self, pid: int) -> None: ...          # an instance started with main pid `pid`
+    def populated(self) -> bool: ...                # cheap: may anything of it be alive?
+    def settle(self, members: Set[int]) -> None: ...  # what an exact look found
+    def kill(self, members: Set[int]) -> None: ...  # SIGKILL all of it
+    def remove(self) -> None: ...                   # at exit: release what holds it
+
+
+@runtime_checkable
+class Processes(Protocol):
+    """The process seam: everything the manager asks of the OS (PosixProcesses,
+    WindowsProcesses, and the tests' fakes)."""
+    backend: str
+    exec_keeps_children: bool
+
+    @property
+    def orphans_come_home(self) -> bool: ...
+    def take_charge(self) -> None: ...
+    def release_free_memory(self) -> None: ...
+    def wakeup_source(self) -> Optional[Any]: ...
+    def drain_wakeup(self) -> None: ...
+    def readable(self, fd: int) -> Any: ...
+    def shutdown_requests(self) -> Optional[socket.socket]: ...
+    def tree(self, name: str, tag: str) -> ProcessTree: ...
+    def members(self, trees: List[Any]) -> List[Set[int]]: ...
+    def signal(self, tree: Any, members: Set[int], signame: str) -> bool: ...
+    def kill(self, tree: Any, members: Set[int]) -> None: ...
+    def release(self, trees: List[Any]) -> None: ...
+    def spawn(self, launch: Launch, tree: Any) -> int: ...
+    def watch(self, pid: int) -> Optional[int]: ...
+    def reap(self) -> List[Tuple[int, ExitInfo]]: ...
+    def wait(self, pid: int) -> None: ...
+    def is_child(self, pid: int) -> bool: ...
+    def orphans(self) -> Set[int]: ...
+    def send(self, pid: int, signame: str) -> bool: ...
+    def alive(self, pid: int) -> bool: ...
+    def start_time(self, pid: Optional[int]) -> Optional[float]: ...
+    def terminate_strays(self, pids: Set[int], timeout: float) -> None: ...
+    def watch_parent(self, parent_pid: int) -> Optional[Any]: ...
+
+
+class CgroupTree:
+    """A service's processes on Linux with a writable cgroup v2: a cgroup of its own.
+
+    Every process of the service is born in it (see PosixProcesses.spawn) and cannot leave it
+    without the rights to write its parent's ``cgroup.procs``, so membership does not depend on
+    anything the service can change: session, process group and environment included. The
+    kernel counts what is alive (``populated``, zombies excluded) and kills it all at once
+    (``cgroup.kill``, Linux 5.14+); a change of ``cgroup.events`` is a file event, which the
+    manager's inotify descriptor turns into a wake-up.
+    """
+
+    backend = "cgroup"
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def begin(self, pid: int) -> None:
+        pass  # the instance was born inside the cgroup
+
+    def populated(self) -> bool:
+        try:
+            with open(os.path.join(self.path, "cgroup.events"), "rb") as events:
+                return b"populated 1" in events.read()
+        except OSError:
+            return False  # removed: nothing can live in it
+
+    def settle(self, members: Set[int]) -> None:
+        pass  # the kernel keeps the count
+
+    def kill(self, members: Set[int]) -> None:
+        try:
+            _write_file(os.path.join(self.path, "cgroup.kill"), b"1")
+            return
+        except OSError:
+            pass  # before Linux 5.14: one by one (nothing new can start once all are killed)
+        for pid in members:
+            _send(pid, "SIGKILL")
+
+    def remove(self) -> None:
+        try:
+            os.rmdir(self.path)
+        except OSError:
+            pass  # still populated, or already gone
+
+
+class SessionTree:
+    """A service's processes where there are no cgroups to hold them.
+
+    Each instance leads a session of its own, and the session keeps its id (the instance's
+    first pid) after that pid exits, for every process that stays in it; the environment tag
+    (``SUPERVISOR_SERVICE_TAG``) follows even a daemon that started a session of its own;
+    and as a child subreaper (Linux) the supervisor inherits every orphan. What escapes: a
+    process that starts a session of its own *and* clears its environment.
+    """
+
+    backend = "session"
+
+    def __init__(self, tag: str):
+        self.tag = tag
+        self.sessions: Set[int] = set()  # of instances that may have processes left
+        self.found: Set[int] = set()     # members seen by the last scan
+
+    def begin(self, pid: int) -> None:
+        self.sessions.add(pid)
+
+    def populated(self) -> bool:
+        """Cheap: a process group of its sessions, or a member found before, is alive. The
+        manager confirms "empty" with a scan (PosixProcesses.members)."""
+        self.found = {pid for pid in self.found if _alive(pid)}
+        return bool(self.found) or any(_signal_zero(os.killpg, sid) for sid in self.sessions)
+
+    def settle(self, members: Set[int]) -> None:
+        """Remember what a scan found; an empty tree needs only its newest session."""
+        self.found = set(members)
+        if not members:
+            self.sessions = {max(self.sessions)} if self.sessions else set()
+
+    def kill(self, members: Set[int]) -> None:
+        for sid in self.sessions:
+            _signal_zero(lambda group, _: os.killpg(group, signal.SIGKILL), sid)
+        for pid in members:
+            _send(pid, "SIGKILL")
+
+    def remove(self) -> None:
+        pass
+
+
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _send(pid: int, signame: str) -> bool:
+    try:
+        os.kill(pid, getattr(signal, signame))
+    except (ProcessLookupError, PermissionError):
+        return False  # already gone, or the PID now belongs to someone else
+    return True
+
+
+def _alive(pid: int) -> bool:
+    """Running: a zombie (dead, waiting for its parent to reap it) is not."""
+    return _signal_zero(os.kill, pid) and not _is_zombie(pid)
+
+
+TREE_BACKEND_ENV = "SUPERVISOR_TREE_BACKEND"  # auto (default) | cgroup | session
+
+
+def _cgroup2_home() -> Tuple[Optional[str], Set[str]]:
+    """The folder of this process's own cgroup v2, if the unified hierarchy is mounted, and
+    the mount's options."""
+    try:
+        with open("/proc/self/cgroup") as own:
+            relative = next((line[3:].strip() for line in own if line.startswith("0::")), None)
+        with open("/proc/self/mountinfo") as mounts:
+            # fields: id parent major:minor root mount-point options ... - fstype source super
+            mount = next((line.split() for line in mounts
+                          if line.split(" - ", 1)[-1].startswith("cgroup2 ")), None)
+    except OSError:
+        return None, set()
+    if relative is None or mount is None:
+        return None, set()
+    return os.path.join(mount[4], relative.lstrip("/")), set(mount[-1].split(","))
+
+
+class Inotify:
+    """One inotify descriptor: readable when a watched file changes (cgroup.events here)."""
+
+    IN_MODIFY = 0x2
+    IN_NONBLOCK_CLOEXEC = os.O_NONBLOCK | 0o2000000
+
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.inotify_init1(self.IN_NONBLOCK_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+
+    def watch(self, path: str) -> None:
+        if self._libc.inotify_add_watch(self.fd, os.fsencode(path), self.IN_MODIFY) < 0:
+            raise OSError(ctypes.get_errno(), "inotify_add_watch", path)
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while os.read(self.fd, 4096):
+                pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class PosixProcesses:
     """Process control on POSIX systems: the one place that knows about sessions and signals.
 
@@ -1004,17 +1246,62 @@ class PosixProcesses:
     reaped with ``waitpid(-1, WNOHANG)``: every child of this process is ours, and on Linux
     the supervisor is a child subreaper, so orphans of its services come home to be reaped
     and their deaths wake us too.
+
+    Each service's processes are a tree (``tree()``): a cgroup of its own where cgroup v2 is
+    writable, else its sessions and environment tag (CgroupTree, SessionTree).
     """
 
     def __init__(self) -> None:
         self.use_pidfd = _pidfd_works()
         self.is_subreaper = False
+        self.backend = "session"
+        self._cgroups: Optional[str] = None   # our folder of service cgroups
+        self._home: Optional[str] = None      # the cgroup we run in
+        self._inotify: Optional[Inotify] = None
         self._popen: Dict[int, subprocess.Popen] = {}
         self._reaped_early: List[Tuple[int, ExitInfo]] = []  # by is_child() without waitid
 
-    def claim_orphans(self) -> None:
-        """Become the parent of whatever our services orphan (Linux: a child subreaper)."""
+    def take_charge(self) -> None:
+        """Become the parent of whatever our services orphan (Linux: a child subreaper), and
+        choose how service trees are held (SUPERVISOR_TREE_BACKEND: auto, cgroup, session).
+
+        A cgroup per service holds a tree airtight, but the kernel makes each move of a
+        process between cgroups wait for an RCU grace period (about 10 ms) unless cgroup2 is
+        mounted with ``favordynmods`` (Linux 6.0+): a respawn would cost that much. So
+        ``auto`` takes cgroups only where moves are cheap; ``cgroup`` takes them anyway."""
         self.is_subreaper = _become_subreaper()
+        wanted = os.environ.get(TREE_BACKEND_ENV, "auto")
+        if wanted == "session":
+            return
+        home, options = _cgroup2_home() if sys.platform.startswith("linux") else (None, set())
+        try:
+            if home is None:
+                raise OSError(errno.ENOENT, "no cgroup v2 hierarchy")
+            if wanted != "cgroup" and "favordynmods" not in options:
+                log("info", "process trees: sessions, not cgroups (cgroup v2 is mounted without "
+                    "favordynmods, so each spawn would wait ~10 ms for the kernel; %s=cgroup "
+                    "uses them anyway)" % TREE_BACKEND_ENV)
+                return
+            self._use_cgroups(home)
+        except OSError as exc:
+            if wanted == "cgroup":
+                raise OSError(exc.errno, "%s=cgroup, but no writable cgroup v2: %s"
+                              % (TREE_BACKEND_ENV, exc.strerror or exc)) from None
+
+    def _use_cgroups(self, home: str) -> None:
+        folder = os.path.join(home, "supervisor-%d" % os.getpid())
+        os.makedirs(folder, exist_ok=True)  # kept across a re-exec (same pid)
+        try:
+            # Spawning moves us into a service's cgroup and back: prove both moves work.
+            _write_file(os.path.join(folder, "cgroup.procs"), b"0")
+            _write_file(os.path.join(home, "cgroup.procs"), b"0")
+            self._inotify = Inotify()
+        except OSError:
+            _write_file_quietly(os.path.join(home, "cgroup.procs"), b"0")
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+            raise
+        self._home, self._cgroups, self.backend = home, folder, "cgroup"
 
     exec_keeps_children = True  # execv keeps the PID, so the services stay our children
 
@@ -1026,8 +1313,13 @@ class PosixProcesses:
         except (OSError, AttributeError):
             pass  # not glibc: its allocator returns free memory by itself
 
-    def wakeup_source(self) -> Optional[socket.socket]:
-        return None  # exits wake the loop through pidfds and SIGCHLD
+    def wakeup_source(self) -> Optional[Any]:
+        """Readable when a service's cgroup changes (cgroup.events: its tree emptied)."""
+        return self._inotify.fd if self._inotify is not None else None
+
+    def drain_wakeup(self) -> None:
+        if self._inotify is not None:
+            self._inotify.drain()
 
     def readable(self, fd: int) -> Any:
         """What the loop waits on to read pipe ``fd``: the pipe itself, here."""
@@ -1036,15 +1328,77 @@ class PosixProcesses:
     def shutdown_requests(self) -> Optional[socket.socket]:
         return None  # SIGTERM does this
 
+    # -- service trees
+
+    def tree(self, name: str, tag: str) -> Any:
+        """The tree holding every process of service ``name`` (tag: its environment tag)."""
+        if self._cgroups is None or self._inotify is None:
+            return SessionTree(tag)
+        path = os.path.join(self._cgroups, name + ".service")
+        try:
+            os.makedirs(path, exist_ok=True)
+            self._inotify.watch(os.path.join(path, "cgroup.events"))
+        except OSError as exc:
+            log("warning", "no cgroup of its own (%s); falling back to its session" % exc, name)
+            return SessionTree(tag)
+        return CgroupTree(path)
+
+    def members(self, trees: List[Any]) -> List[Set[int]]:
+        """The live processes of each tree, exactly (a scan where there are no cgroups)."""
+        found: List[Set[int]] = [set() for _ in trees]
+        by_session: Dict[int, Set[int]] = {}
+        by_tag: Dict[str, Set[int]] = {}
+        for index, tree in enumerate(trees):
+            if isinstance(tree, CgroupTree):
+                found[index] = _read_pids(os.path.join(tree.path, "cgroup.procs"))
+            else:
+                by_tag[tree.tag] = found[index]
+                for sid in tree.sessions:
+                    by_session[sid] = found[index]
+        if by_tag:
+            _scan_sessions_and_tags(by_session, by_tag)
+        return found
+
+    def signal(self, tree: Any, members: Set[int], signame: str) -> bool:
+        """Send ``signame`` to every process of ``tree``; False if none could be told."""
+        delivered = False
+        if isinstance(tree, SessionTree):
+            for sid in tree.sessions:
+                delivered = self.send_group(sid, signame) or delivered
+        for pid in members:
+            delivered = _send(pid, signame) or delivered
+        return delivered
+
+    def kill(self, tree: Any, members: Set[int]) -> None:
+        tree.kill(members)
+
+    def release(self, trees: List[Any]) -> None:
+        """Remove the cgroups (at exit; a re-exec keeps them)."""
+        for tree in trees:
+            tree.remove()
+        if self._cgroups is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(self._cgroups)
+
     # -- starting
 
-    def spawn(self, launch: Launch) -> int:
-        """Start ``launch`` in a new session; raise OSError when it cannot be started."""
-        proc = subprocess.Popen(
-            launch.command, shell=launch.shell, cwd=launch.cwd, env=launch.env,
-            stdin=subprocess.DEVNULL, stdout=launch.stdout, stderr=launch.stderr,
-            start_new_session=True, close_fds=True, **_privileges(launch.user, launch.umask))
+    def spawn(self, launch: Launch, tree: Any) -> int:
+        """Start ``launch`` in a new session, inside ``tree``; raise OSError when it cannot be
+        started. Where the tree is a cgroup, the supervisor steps into it for the fork, so the
+        child is born there (no window in which it could fork outside), and steps back."""
+        if isinstance(tree, CgroupTree):
+            assert self._home is not None
+            _write_file(os.path.join(tree.path, "cgroup.procs"), b"0")
+        try:
+            proc = subprocess.Popen(
+                launch.command, shell=launch.shell, cwd=launch.cwd, env=launch.env,
+                stdin=subprocess.DEVNULL, stdout=launch.stdout, stderr=launch.stderr,
+                start_new_session=True, close_fds=True, **_privileges(launch.user, launch.umask))
+        finally:
+            if isinstance(tree, CgroupTree):
+                _write_file(os.path.join(self._home, "cgroup.procs"), b"0")  # type: ignore[arg-type]
         self._popen[proc.pid] = proc
+        tree.begin(proc.pid)
         return proc.pid
 
     # -- watching and reaping
@@ -1108,14 +1462,20 @@ class PosixProcesses:
             self._reaped_early.append((pid, _exit_info(status)))
         return True
 
+    def orphans(self) -> Set[int]:
+        """Our live children that are not services' main processes: what services left that
+        no tree claimed (without cgroups, a daemon with a session of its own and a cleared
+        environment). Linux only; empty elsewhere."""
+        children: Set[int] = set()
+        with contextlib.suppress(OSError):
+            for task in os.listdir("/proc/self/task"):
+                children |= _read_pids("/proc/self/task/%s/children" % task)
+        return {pid for pid in children if pid not in self._popen and _alive(pid)}
+
     # -- signalling
 
     def send(self, pid: int, signame: str) -> bool:
-        try:
-            os.kill(pid, getattr(signal, signame))
-        except (ProcessLookupError, PermissionError):
-            return False  # already gone, or the PID now belongs to someone else
-        return True
+        return _send(pid, signame)
 
     def send_group(self, pgid: int, signame: str) -> bool:
         try:
@@ -1124,31 +1484,8 @@ class PosixProcesses:
             return False
         return True
 
-    def group_alive(self, pgid: int) -> bool:
-        return _signal_zero(os.killpg, pgid)
-
     def alive(self, pid: int) -> bool:
-        """Running: a zombie (dead, waiting for its parent to reap it) is not."""
-        return _signal_zero(os.kill, pid) and not _is_zombie(pid)
-
-    def in_group(self, pid: int, pgid: int) -> bool:
-        try:
-            return os.getpgid(pid) == pgid
-        except ProcessLookupError:
-            return False
-
-    # -- finding a service's processes
-
-    def tagged_processes(self, prefix: str) -> Dict[str, Set[int]]:
-        """Live processes whose environment carries a service tag starting with ``prefix``.
-
-        Every service is started with ``SUPERVISOR_SERVICE_TAG`` in its environment, which its
-        descendants inherit, so a daemon that double-forked out of the service's session is
-        still found.
-        """
-        if os.path.isdir("/proc/self"):
-            return _scan_proc_tags(prefix)
-        return _scan_psutil_tags(prefix)
+        return _alive(pid)
 
     def start_time(self, pid: Optional[int]) -> Optional[float]:
         """When ``pid`` started (opaque units), to tell it from a later process with its PID."""
@@ -1168,8 +1505,9 @@ class PosixProcesses:
         children), so this waits by re-checking.
         """
         for pid in pids:
-            if self.in_group(pid, pid):  # a service's main process: its group goes too
-                self.send_group(pid, "SIGTERM")
+            with contextlib.suppress(OSError):
+                if os.getpgid(pid) == pid:  # a service's main process: its group goes too
+                    self.send_group(pid, "SIGTERM")
             self.send(pid, "SIGTERM")
         deadline = time.monotonic() + timeout
         while any(self.alive(pid) for pid in pids) and time.monotonic() < deadline:
@@ -1207,6 +1545,43 @@ class PosixProcesses:
         return None
 
 
+class JobTree:
+    """A service's processes on Windows: one job object per instance (kill-on-close), which
+    everything it starts is in from its first instruction, and its environment tag."""
+
+    backend = "job"
+
+    def __init__(self, tag: str):
+        self.tag = tag
+        self.jobs: Dict[int, Any] = {}  # instance's main pid -> its job's handle
+
+    def begin(self, pid: int) -> None:
+        pass  # WindowsProcesses.spawn files the instance's job here
+
+    def populated(self) -> bool:
+        for pid, job in list(self.jobs.items()):
+            if _windows_job_active_processes(job):
+                return True
+            del self.jobs[pid]
+            _kernel32().CloseHandle(job)  # kill-on-close: only once the job is empty
+        return False
+
+    def settle(self, members: Set[int]) -> None:
+        pass
+
+    def kill(self, members: Set[int]) -> None:
+        for job in self.jobs.values():
+            _kernel32().TerminateJobObject(job, 1)
+        for pid in members:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)  # TerminateProcess, exit code 15
+
+    def remove(self) -> None:
+        for job in self.jobs.values():
+            _kernel32().CloseHandle(job)
+        self.jobs.clear()
+
+
 class WindowsProcesses:
     """Process control on Windows.
 
@@ -1240,13 +1615,46 @@ class WindowsProcesses:
         self._wake_reader.setblocking(False)
         self._exited: Deque[Tuple[int, ExitInfo]] = collections.deque()  # from the waiters
         self._popen: Dict[int, subprocess.Popen] = {}
-        self._jobs: Dict[int, Any] = {}  # service pid -> its job's handle
+
+    backend = "job"
 
     def wakeup_source(self) -> Optional[socket.socket]:
         return self._wake_reader
 
-    def claim_orphans(self) -> None:
+    def drain_wakeup(self) -> None:
+        _drain(self._wake_reader)
+
+    def take_charge(self) -> None:
         pass  # the job objects hold each service's tree instead
+
+    def tree(self, name: str, tag: str) -> Any:
+        return JobTree(tag)
+
+    def members(self, trees: List[Any]) -> List[Set[int]]:
+        found: List[Set[int]] = [set() for _ in trees]
+        _scan_psutil({}, {tree.tag: found[index] for index, tree in enumerate(trees)})
+        return found
+
+    def signal(self, tree: Any, members: Set[int], signame: str) -> bool:
+        """A stop request reaches a process group only, as CTRL_BREAK_EVENT (a lone process is
+        left for the forced kill); False where it cannot be delivered."""
+        if signame == "SIGKILL":
+            tree.kill(members)
+            return True
+        delivered = False
+        for pgid in tree.jobs:
+            delivered = self.send_group(pgid, signame) or delivered
+        return delivered
+
+    def kill(self, tree: Any, members: Set[int]) -> None:
+        tree.kill(members)
+
+    def release(self, trees: List[Any]) -> None:
+        for tree in trees:
+            tree.remove()
+
+    def orphans(self) -> Set[int]:
+        return set()  # nothing is re-parented to us on Windows
 
     def release_free_memory(self) -> None:
         pass  # nothing like glibc's malloc_trim to call here
@@ -1279,7 +1687,7 @@ class WindowsProcesses:
 
     # -- starting
 
-    def spawn(self, launch: Launch) -> int:
+    def spawn(self, launch: Launch, tree: Any) -> int:
         """Start ``launch`` in a job of its own; raise OSError when it cannot be started."""
         if launch.user is not None:
             raise PermissionError(errno.EPERM, "user: is not supported on Windows")
@@ -1289,15 +1697,17 @@ class WindowsProcesses:
             stdin=subprocess.DEVNULL, stdout=launch.stdout, stderr=launch.stderr,
             creationflags=subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
             | CREATE_SUSPENDED)
+        job = None
         try:
-            self._jobs[proc.pid] = _windows_job(proc)
+            job = tree.jobs[proc.pid] = _windows_job(proc)
         except OSError as exc:
             # Without a job the tree is still found through its tag, only less surely.
             log("warning", "pid %d runs outside a job object: %s" % (proc.pid, exc))
         if _ntdll().NtResumeProcess(_process_handle(proc)) != 0:
             proc.kill()
             proc.wait()
-            self._close_job(proc.pid)
+            if job is not None:
+                _kernel32().CloseHandle(tree.jobs.pop(proc.pid))
             raise OSError(errno.EPERM, "cannot resume the suspended process")
         self._popen[proc.pid] = proc
         threading.Thread(target=self._wait_for_exit, args=(proc,), name="wait-%d" % proc.pid,
@@ -1349,10 +1759,7 @@ class WindowsProcesses:
 
     def send_group(self, pgid: int, signame: str) -> bool:
         if signame == "SIGKILL":
-            job = self._jobs.get(pgid)
-            if job is None:
-                return self.send(pgid, signame)
-            return bool(_kernel32().TerminateJobObject(job, 1))
+            return self.send(pgid, signame)
         try:
             os.kill(pgid, signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
         except OSError as exc:
@@ -1360,14 +1767,6 @@ class WindowsProcesses:
                 "shared with the service is needed" % (pgid, exc))
             return False
         return True
-
-    def group_alive(self, pgid: int) -> bool:
-        if pgid not in self._jobs:
-            return self.alive(pgid)
-        if _windows_job_active_processes(self._jobs[pgid]):
-            return True
-        self._close_job(pgid)
-        return False
 
     def alive(self, pid: int) -> bool:
         kernel32 = _kernel32()
@@ -1380,32 +1779,6 @@ class WindowsProcesses:
             return code.value == STILL_ACTIVE
         finally:
             kernel32.CloseHandle(handle)
-
-    def in_group(self, pid: int, pgid: int) -> bool:
-        """Whether ``pid`` is in the job of the service whose main process is ``pgid``."""
-        job = self._jobs.get(pgid)
-        if job is None:
-            return False
-        kernel32 = _kernel32()
-        handle = kernel32.OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
-        if not handle:
-            return False
-        try:
-            inside = ctypes.c_int()
-            return bool(kernel32.IsProcessInJob(handle, job, ctypes.byref(inside))
-                        and inside.value)
-        finally:
-            kernel32.CloseHandle(handle)
-
-    def _close_job(self, pgid: int) -> None:
-        job = self._jobs.pop(pgid, None)
-        if job is not None:
-            _kernel32().CloseHandle(job)  # kill-on-close: only once the job is empty
-
-    # -- finding a service's processes
-
-    def tagged_processes(self, prefix: str) -> Dict[str, Set[int]]:
-        return _scan_psutil_tags(prefix)
 
     def start_time(self, pid: Optional[int]) -> Optional[float]:
         return None if pid is None else _psutil_start_time(pid)
@@ -1657,31 +2030,51 @@ def _set_parent_death_signal(signum: int) -> bool:
     return sys.platform.startswith("linux") and _prctl(PR_SET_PDEATHSIG, signum)
 
 
-def _parse_tag(environ: bytes, prefix: bytes) -> Optional[str]:
-    environ = b"\0" + environ  # so the first variable is found like the others
-    needle = b"\0" + SERVICE_TAG_ENV.encode() + b"=" + prefix
-    start = environ.find(needle)
-    if start < 0:
-        return None
-    start += len(needle) - len(prefix)
-    end = environ.find(b"\0", start)
-    return environ[start:end if end >= 0 else None].decode(errors="replace")
+def _read_pids(path: str) -> Set[int]:
+    """The pids listed in a file such as cgroup.procs (none if it cannot be read)."""
+    try:
+        with open(path, "rb") as listing:
+            return {int(word) for word in listing.read().split()}
+    except (OSError, ValueError):
+        return set()
 
 
-def _scan_proc_tags(prefix: str) -> Dict[str, Set[int]]:
-    found: Dict[str, Set[int]] = {}
-    wanted = prefix.encode()
+def _write_file_quietly(path: str, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        _write_file(path, data)
+
+
+def _scan_sessions_and_tags(by_session: Dict[int, Set[int]], by_tag: Dict[str, Set[int]]) -> None:
+    """Add every live process to the set of its session id in ``by_session``, or else to the
+    set of its environment tag in ``by_tag``: one pass over /proc (psutil where it is missing)."""
+    if not os.path.isdir("/proc/self"):
+        _scan_psutil(by_session, by_tag)
+        return
+    me = os.getpid()
+    needle = b"\0" + SERVICE_TAG_ENV.encode() + b"="
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not entry.isdigit() or int(entry) == me:
             continue
         try:
-            with open("/proc/%s/environ" % entry, "rb") as environ_file:
-                tag = _parse_tag(environ_file.read(), wanted)
-        except OSError:
+            with open("/proc/%s/stat" % entry, "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+            if fields[0] == b"Z":
+                continue  # a zombie is dead already
+            members = by_session.get(int(fields[3]))
+            if members is None:
+                with open("/proc/%s/environ" % entry, "rb") as environ_file:
+                    environ = b"\0" + environ_file.read()
+                start = environ.find(needle)
+                if start < 0:
+                    continue
+                start += len(needle)
+                end = environ.find(b"\0", start)
+                members = by_tag.get(environ[start:end if end >= 0 else None].decode(
+                    errors="replace"))
+        except (OSError, IndexError, ValueError):
             continue  # gone, or another user's process
-        if tag is not None:
-            found.setdefault(tag, set()).add(int(entry))
-    return found
+        if members is not None:
+            members.add(int(entry))
 
 
 def _psutil_start_time(pid: int) -> Optional[float]:
@@ -1704,20 +2097,25 @@ def _resources(pid: int) -> Dict[str, Any]:
         return {}
 
 
-def _scan_psutil_tags(prefix: str) -> Dict[str, Set[int]]:
+def _scan_psutil(by_session: Dict[int, Set[int]], by_tag: Dict[str, Set[int]]) -> None:
+    """_scan_sessions_and_tags() through psutil, where there is no /proc (Windows has no
+    sessions: only tags)."""
     try:
         import psutil
     except ImportError:
-        return {}  # without /proc or psutil only the process group can be found
-    found: Dict[str, Set[int]] = {}
+        return  # without /proc or psutil only the process groups can be found
     for proc in psutil.process_iter():
         try:
-            tag = proc.environ().get(SERVICE_TAG_ENV, "")
+            if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            sid = os.getsid(proc.pid) if hasattr(os, "getsid") else None
+            members = by_session.get(sid) if sid is not None else None
+            if members is None:
+                members = by_tag.get(proc.environ().get(SERVICE_TAG_ENV, ""))
         except (psutil.Error, OSError):
             continue
-        if tag.startswith(prefix):
-            found.setdefault(tag, set()).add(proc.pid)
-    return found
+        if members is not None:
+            members.add(proc.pid)
 
 
 # --------------------------------------------------------------------------- output and readiness
@@ -1982,8 +2380,8 @@ class ReadinessProbe:
 PlatformProcesses: Any = WindowsProcesses if IS_WINDOWS else PosixProcesses
 
 
-def default_processes() -> Any:
-    return PlatformProcesses()
+def default_processes() -> Processes:
+    return WindowsProcesses() if IS_WINDOWS else PosixProcesses()
 
 
 # --------------------------------------------------------------------------- the manager
@@ -2023,7 +2421,7 @@ class ServiceManager:
         self.clock = clock
         self.rng = rng
         self.events = events if events is not None else EventStream(None, clock)
-        self.processes = processes if processes is not None else default_processes()
+        self.processes: Processes = processes if processes is not None else default_processes()
         self.timers = Timers(clock)
         self.services = {name: Service(cfg, self.events) for name, cfg in config.services.items()}
         self.tag_prefix = "%d/" % os.getpid()
@@ -2086,14 +2484,13 @@ class ServiceManager:
             for pid, info in self.processes.reap():
                 self._on_exit(pid, info)
             self.timers.run_due(lambda: bool(self._pending_signals))
-        for service in list(self.services.values()):  # a stop may remove it (reload)
-            if service.state is State.STOPPING:
-                self._check_stopped(service)
+            self._check_drained()
         if self._replies_after_stop:
             self._send_replies_after_stop()
         if self.shutting_down:
             self._stop_waves()
-            if not any(s.state is State.STOPPING for s in self.services.values()):
+            if not any(s.drain is not None for s in self.services.values()):
+                self._sweep_orphans()
                 self.finished = True
 
     def run_monitoring(self) -> None:
@@ -2121,14 +2518,15 @@ class ServiceManager:
     def start(self, handoff: Optional[Dict[str, Any]] = None, respawn_count: int = 0,
               config_path: str = "") -> None:
         """Install the wake-ups, announce ourselves, then adopt handed-over services or start."""
-        self.processes.claim_orphans()
+        self.processes.take_charge()
         self._install_wakeups()
         # Our handlers are in place: what was blocked across an exec can come now (it is only
         # recorded), and nothing started below, adopted services restarted included, may
         # inherit a mask that blocks its stop signal.
         unblock_signals()
         self.events.emit("supervisor_started", None, pid=os.getpid(), version=__version__,
-                         config=config_path, respawn_count=respawn_count)
+                         config=config_path, respawn_count=respawn_count,
+                         tree_backend=self.processes.backend)
         if handoff is not None:
             self._adopt(handoff)
         else:
@@ -2172,8 +2570,7 @@ class ServiceManager:
                 signal.signal(getattr(signal, name), self._record_signal)
         source = self.processes.wakeup_source()
         if source is not None:
-            self._selector.register(source, selectors.EVENT_READ,
-                                    lambda: _drain(source))
+            self._selector.register(source, selectors.EVENT_READ, self.processes.drain_wakeup)
         requests = self.processes.shutdown_requests()
         if requests is not None:
             self._selector.register(requests, selectors.EVENT_READ,
@@ -2198,6 +2595,7 @@ class ServiceManager:
             self.control.close(unlink=not for_exec)
         if not for_exec:
             self.remove_state()
+            self.processes.release([s.tree for s in self.services.values() if s.tree])
         if self._wakeup is not None:
             signal.set_wakeup_fd(-1)
             self._selector.unregister(self._wakeup[0])
@@ -2258,7 +2656,7 @@ class ServiceManager:
         pipes: List[Tuple[str, int, int]] = []  # (stream, read end, write end)
         try:
             launch = self._launch(service, pipes)
-            pid = self.processes.spawn(launch)
+            pid = self.processes.spawn(launch, self._tree(service))
         except (OSError, ValueError, LookupError, subprocess.SubprocessError) as exc:
             for _, reader, writer in pipes:
                 os.close(reader)
@@ -2283,10 +2681,13 @@ class ServiceManager:
             self._start_awaiting()
             return
         service.transition("spawned", State.STARTING, pid=pid, attempt=service.retries + 1)
-        service.probe = ReadinessProbe(config.ready, self.timers, self._selector,
+        self._await_ready(service, self.clock() + config.ready.timeout)
+
+    def _await_ready(self, service: Service, deadline: float) -> None:
+        assert service.config.ready is not None
+        service.probe = ReadinessProbe(service.config.ready, self.timers, self._selector,
                                        lambda: self._ready(service))
-        service.timer = self.timers.call_later(config.ready.timeout,
-                                               lambda: self._not_ready(service))
+        service.timer = self.timers.call_at(deadline, lambda: self._not_ready(service))
         service.probe.start()
 
     def _launch(self, service: Service, pipes: List[Tuple[str, int, int]]) -> Launch:
@@ -2370,7 +2771,7 @@ class ServiceManager:
         service.probe = None
         log("error", "not ready: %s; killing it%s" % (service.start_error,
                                                      _last_lines(service)), service.name)
-        self._kill_tree(service, self.processes.tagged_processes(self.tag_prefix))
+        self.processes.kill(service.tree, self._members([service])[0] | {service.pid})
 
     def _track(self, service: Service, pid: int) -> None:
         service.pid = pid
@@ -2395,9 +2796,11 @@ class ServiceManager:
         self._unwatch(pid)
         service = self._by_pid.pop(pid, None)
         if service is None:
-            return  # an orphan re-parented to us; stopping services re-check their trees
+            return  # an orphan re-parented to us: draining trees are re-checked in this pass
+        service.pid = None
         if service.state is State.STOPPING:
-            service.stop_exit = info
+            assert service.drain is not None
+            service.drain.main_exit = info
             return
         uptime = self.clock() - (service.started_at or self.clock())
         expected = info.signal is None and info.returncode in service.config.success_exit_codes
@@ -2410,106 +2813,153 @@ class ServiceManager:
                 service.probe = None
             service.cancel_timer()
             failure["error"] = service.start_error
-        service.pid = None
         service.last_exit = info
+        # The hot path: an empty tree (one read of cgroup.events, or a dead process group)
+        # needs no scan, and the restart goes at once.
+        leftovers = self._members([service])[0] if service.tree.populated() else set()
         level = "info" if expected else "warning"
-        log(level, "pid %d exited (%s) after %.3fs" % (pid, info.describe(), uptime), service.name)
+        log(level, "pid %d exited (%s) after %.3fs%s" % (
+            pid, info.describe(), uptime,
+            ", leaving %d processes of its tree" % len(leftovers) if leftovers else ""),
+            service.name)
         service.transition("exited", State.EXITED, pid=pid, returncode=info.returncode,
                            signal=info.signal, uptime=round(uptime, 6), expected=expected,
-                           **failure)
-        self._apply_policy(service, expected, uptime)
+                           leftovers=len(leftovers), **failure)
+        if leftovers and service.config.kill_mode == "tree":
+            self._empty_tree(service, None, leftovers, verdict=(expected, uptime))
+        else:
+            self._apply_policy(service, expected, uptime)
 
     def _apply_policy(self, service: Service, expected: bool, uptime: float) -> None:
-        config = service.config
         if self.shutting_down:
             return
-        if uptime >= config.reset_after:
-            service.retries = 0
-        if config.restart == "never" or (config.restart == "on-failure" and expected):
-            return
-        if config.max_retries is not None and service.retries >= config.max_retries:
+        config = service.config
+        decision = decide_after_exit(config, service.retries, expected, uptime, self.rng)
+        service.retries = decision.retries
+        if decision.action == "give_up":
             log("error", "giving up after %d restarts" % service.retries, service.name)
             service.transition("gave_up", State.FATAL, retries=service.retries)
-            return
-        service.retries += 1
-        service.restarts += 1
-        delay = restart_delay(config, service.retries, self.rng)
-        service.transition("restart_scheduled", State.BACKOFF, delay=round(delay, 6),
-                           attempt=service.retries + 1)
-        # Even a zero delay goes through the timer, so a service that fails at once cannot
-        # keep the loop from handling signals.
-        service.timer = self.timers.call_later(delay, lambda: self._spawn(service))
+        elif decision.action == "restart":
+            service.restarts += 1
+            attempt = service.retries + 1
+            log("info", "retrying in %.1f s (attempt %d%s)" % (
+                decision.delay, attempt, "" if config.max_retries is None
+                else " of %d" % (config.max_retries + 1)), service.name)
+            service.transition("restart_scheduled", State.BACKOFF,
+                               delay=round(decision.delay, 6), attempt=attempt)
+            # Even a zero delay goes through the timer, so a service that fails at once cannot
+            # keep the loop from handling signals.
+            service.timer = self.timers.call_later(decision.delay, lambda: self._spawn(service))
 
-    # -- stopping
+    # -- emptying trees: stop, and what an exited main process left behind
 
-    def _begin_stop(self, services: List[Service]) -> None:
-        for service in services:
-            if service.state is State.BACKOFF:
-                service.cancel_timer()
-                service.transition("stopped", State.STOPPED, pid=None, forced=False)
-        live = [s for s in services if s.state in (State.STARTING, State.RUNNING)]
-        if not live:
-            return
-        tagged = self.processes.tagged_processes(self.tag_prefix)
-        for service in live:
-            self._stop_one(service, tagged.get(self.tag_prefix + service.name, set()))
+    def _members(self, services: List[Service]) -> List[Set[int]]:
+        """The live processes of each service's tree (one scan for all where it takes one)."""
+        return self.processes.members([self._tree(s) for s in services])
 
-    def _stop_one(self, service: Service, tagged: Set[int]) -> None:
-        pid, signame = service.pid, service.config.stop_signal
-        assert pid is not None
+    def _tree(self, service: Service) -> Any:
+        if service.tree is None:
+            service.tree = self.processes.tree(service.name, self.tag_prefix + service.name)
+        return service.tree
+
+    def _empty_tree(self, service: Service, pid: Optional[int], members: Set[int],
+               verdict: Optional[Tuple[bool, float]] = None) -> None:
+        """Ask everything of the service's tree to stop; SIGKILL it after ``stop_timeout``.
+        ``_check_drained`` ends it once nothing is alive."""
+        signame = service.config.stop_signal
+        forced = service.drain is not None and service.drain.forced
+        service.drain = Drain(pid, len(members), forced, verdict=verdict)
+        if pid is None:
+            log("info", "stopping %d processes of its tree with %s" % (len(members), signame),
+                service.name)
         service.cancel_timer()
-        if service.probe is not None:
-            service.probe.cancel()
-            service.probe = None
-        service.stop_exit = None
-        service.forced = False
-        service.leftovers = tagged - {pid}
-        log("info", "stopping pid %d with %s" % (pid, signame), service.name)
-        service.transition("stopping", State.STOPPING, pid=pid, signal=signame)
-        delivered = self.processes.send_group(pid, signame)
-        for other in service.leftovers:
-            if not self.processes.in_group(other, pid):
-                self.processes.send(other, signame)  # it left the group: tell it directly
-            self._watch(other)
         service.timer = self.timers.call_later(service.config.stop_timeout,
                                                lambda: self._force_kill([service]))
-        if not delivered and self.processes.group_alive(pid):
-            # The group lives but cannot be asked to stop (Windows without a console shared
+        delivered = self.processes.signal(service.tree, members, signame)
+        if not delivered and service.tree.populated():
+            # The tree lives but cannot be asked to stop (Windows without a console shared
             # with the service): waiting out stop_timeout would change nothing.
             self._force_kill([service])
 
+    def _check_drained(self) -> None:
+        """End the drains whose trees are empty: cheap checks first, then one exact look
+        (a scan where there are no cgroups) at those that seem empty."""
+        draining = [s for s in self.services.values() if s.drain is not None]
+        if not draining:
+            return
+        quiet = [s for s in draining if s.pid is None and not s.tree.populated()]
+        for service, members in zip(quiet, self._members(quiet)):
+            assert service.drain is not None
+            service.tree.settle(members)
+            if members:  # escaped the cheap check (another group, found by tag): tell them too
+                self.processes.signal(service.tree, members, "SIGKILL" if service.drain.forced
+                                      else service.config.stop_signal)
+            else:
+                self._drained(service)
+        if any(s.drain is not None for s in draining) and not self.processes.orphans_come_home \
+                and self._recheck is None:
+            # what is left cannot wake us when it exits (not re-parented to us): look again
+            self._recheck = self.timers.call_later(ORPHAN_RECHECK_INTERVAL, self._recheck_done)
+
+    def _drained(self, service: Service) -> None:
+        drain, service.drain = service.drain, None
+        assert drain is not None
+        service.cancel_timer()
+        if service.state is State.STOPPING:
+            info = drain.main_exit
+            if info is not None:
+                service.last_exit = info
+            log("info", "stopped (%s%s)" % (info.describe() if info else "its tree is gone",
+                                          ", forced" if drain.forced else ""), service.name)
+            service.transition("stopped", State.STOPPED, pid=drain.pid, forced=drain.forced,
+                               returncode=info.returncode if info else None,
+                               signal=info.signal if info else None)
+            self._state_changed()
+            self._after_stop(service)
+            return
+        log("info", "stopped the %d processes it left%s" % (
+            drain.count, ", forced" if drain.forced else ""), service.name)
+        service.transition("leftovers_stopped", State.EXITED, count=drain.count,
+                           forced=drain.forced)
+        if drain.verdict is not None:
+            self._apply_policy(service, *drain.verdict)
+
+    def _begin_stop(self, services: List[Service]) -> None:
+        """Stop each service's whole tree, whatever its state."""
+        live = []
+        for service in services:
+            if service.state is State.STOPPING:
+                continue
+            service.cancel_timer()
+            if service.probe is not None:
+                service.probe.cancel()
+                service.probe = None
+            if service.pid is None and service.drain is None \
+                    and not self._tree(service).populated():
+                if service.state is State.BACKOFF:
+                    service.transition("stopped", State.STOPPED, pid=None, forced=False)
+                continue  # nothing of it is alive
+            live.append(service)
+        for service, members in zip(live, self._members(live)):
+            pid, signame = service.pid, service.config.stop_signal
+            if pid is not None:
+                log("info", "stopping pid %d with %s" % (pid, signame), service.name)
+            service.transition("stopping", State.STOPPING, pid=pid, signal=signame)
+            self._empty_tree(service, pid, members | ({pid} if pid is not None else set()))
+
     def _stop_waves(self) -> None:
         """Stop every service that no live service depends on (dependents stop first)."""
-        live = (State.STARTING, State.RUNNING, State.BACKOFF, State.STOPPING)
+        def live(service: Service) -> bool:
+            return service.state in (State.STARTING, State.RUNNING, State.BACKOFF,
+                                     State.STOPPING) or service.drain is not None
+
         while True:
-            wave = [s for s in self.services.values()
-                    if s.state in (State.STARTING, State.RUNNING, State.BACKOFF)
-                    and not any(d.state in live for d in self._dependents[s.name])]
+            wave = [s for s in self.services.values() if s.state is not State.STOPPING
+                    and (live(s) or self._tree(s).populated())
+                    and not any(live(d) for d in self._dependents[s.name])]
             if not wave:
                 return
             self._begin_stop(wave)
-
-    def _check_stopped(self, service: Service) -> None:
-        if service.stop_exit is None:
-            return  # the main process is still running
-        assert service.pid is not None
-        service.leftovers = {p for p in service.leftovers if self.processes.alive(p)}
-        if service.leftovers or self.processes.group_alive(service.pid):
-            if not self.processes.orphans_come_home and self._recheck is None:
-                self._recheck = self.timers.call_later(ORPHAN_RECHECK_INTERVAL,
-                                                       self._recheck_done)
-            return
-        service.cancel_timer()
-        pid, info = service.pid, service.stop_exit
-        service.pid = None
-        service.stop_exit = None
-        service.last_exit = info
-        log("info", "stopped (%s%s)" % (info.describe(), ", forced" if service.forced else ""),
-            service.name)
-        service.transition("stopped", State.STOPPED, pid=pid, forced=service.forced,
-                           returncode=info.returncode, signal=info.signal)
-        self._state_changed()
-        self._after_stop(service)
 
     def _after_stop(self, service: Service) -> None:
         then, service.after_stop = service.after_stop, None
@@ -2517,58 +2967,59 @@ class ServiceManager:
             then()
 
     def _recheck_done(self) -> None:
-        self._recheck = None  # the monitoring pass that follows re-checks every stopping tree
+        self._recheck = None  # the monitoring pass that follows re-checks every draining tree
 
     def _force_kill(self, services: List[Service]) -> None:
-        services = [s for s in services if s.state is State.STOPPING]
-        if not services:
-            return
-        tagged = self.processes.tagged_processes(self.tag_prefix)
-        for service in services:
-            assert service.pid is not None
+        """SIGKILL everything left of each service's tree."""
+        services = [s for s in services if s.drain is not None]
+        for service, members in zip(services, self._members(services)):
+            assert service.drain is not None
             service.cancel_timer()
-            service.forced = True
-            log("warning", "SIGKILL to what is left of pid %d" % service.pid, service.name)
-            self._kill_tree(service, tagged)
-
-    def _kill_tree(self, service: Service, tagged: Dict[str, Set[int]]) -> None:
-        """SIGKILL the service's group and every process carrying its tag."""
-        assert service.pid is not None
-        found = tagged.get(self.tag_prefix + service.name, set()) - {service.pid}
-        self.processes.send_group(service.pid, "SIGKILL")
-        if service.stop_exit is None:
-            self.processes.send(service.pid, "SIGKILL")
-        for other in found | service.leftovers:
-            self.processes.send(other, "SIGKILL")
-            if other not in self._watches:
-                self._watch(other)
-        service.leftovers |= found
+            service.drain.forced = True
+            if service.pid is not None:
+                members.add(service.pid)
+            log("warning", "SIGKILL to what is left of its tree (%d processes)" % len(members),
+                service.name)
+            self.processes.kill(service.tree, members)
 
     def _shutdown_expired(self) -> None:
-        stopping = [s for s in self.services.values() if s.state is State.STOPPING]
-        log("error", "shutdown_timeout reached; killing %d services" % len(stopping))
-        self._force_kill(stopping)
+        draining = [s for s in self.services.values() if s.drain is not None]
+        log("error", "shutdown_timeout reached; killing %d services" % len(draining))
+        self._force_kill(draining)
         self.timers.call_later(FINAL_REAP_GRACE, self._abandon)
 
     def _abandon(self) -> None:
-        left = [s.name for s in self.services.values() if s.state is State.STOPPING]
-        log("error", "giving up waiting for %s" % ", ".join(left))
+        draining = [s for s in self.services.values() if s.drain is not None]
+        for service, members in zip(draining, self._members(draining)):
+            log("error", "could not kill: %s" % (", ".join(
+                "pid %d (%s)" % (pid, _command_line(pid)) for pid in sorted(members))
+                or "pid %s" % service.pid), service.name)
         self.exit_code = EXIT_FAILURE
         self.finished = True
 
+    def _sweep_orphans(self) -> None:
+        """At the end of a shutdown: stop what services left that no tree claimed."""
+        orphans = self.processes.orphans()
+        if not orphans:
+            return
+        log("warning", "killing %d processes left by services outside their trees: %s" % (
+            len(orphans), ", ".join("pid %d (%s)" % (pid, _command_line(pid))
+                                    for pid in sorted(orphans))))
+        for pid in orphans:
+            self.processes.send(pid, "SIGKILL")
+            self.processes.wait(pid)
+
     def kill_everything(self) -> None:
         """Last resort when the loop itself keeps failing: SIGKILL every tree and reap it."""
-        tagged = self.processes.tagged_processes(self.tag_prefix)
-        for service in self.services.values():
+        services = list(self.services.values())
+        for service, members in zip(services, self._members(services)):
             if service.pid is not None:
-                self.processes.send_group(service.pid, "SIGKILL")
-                self.processes.send(service.pid, "SIGKILL")
-            for pid in tagged.get(self.tag_prefix + service.name, ()):
-                self.processes.send(pid, "SIGKILL")
+                members.add(service.pid)
+            self.processes.kill(service.tree, members)
         for pid in list(self._by_pid):
             self.processes.wait(pid)  # SIGKILL cannot be ignored: this returns promptly
             self._by_pid.pop(pid).pid = None
-
+        self._sweep_orphans()
 
     # -- the control socket
 
@@ -2615,7 +3066,7 @@ class ServiceManager:
     def _control_command(self, command: str, services: List[Service],
                          reply: Callable[[Dict[str, Any]], None]) -> None:
         if command == "status":
-            reply({"ok": True, "result": [self.status(s) for s in services]})
+            reply({"ok": True, "result": self.status(services)})
         elif command == "start":
             for service in services:
                 self.start_service(service.name)
@@ -2656,17 +3107,21 @@ class ServiceManager:
                 send()
         self._replies_after_stop = waiting
 
-    def status(self, service: Service) -> Dict[str, Any]:
-        """What ``supervisor status`` shows of one service."""
-        started = service.started_at if service.pid is not None else None
-        last = service.last_exit
-        return {
-            "name": service.name, "state": service.state.value, "pid": service.pid,
-            "uptime": round(self.clock() - started, 3) if started is not None else None,
-            "restarts": service.restarts,
-            "last_exit": dataclasses.asdict(last) if last else None,
-            **(_resources(service.pid) if service.pid is not None else {}),
-        }
+    def status(self, services: List[Service]) -> List[Dict[str, Any]]:
+        """What ``supervisor status`` shows of each service."""
+        rows = []
+        for service, members in zip(services, self._members(services)):
+            started = service.started_at if service.pid is not None else None
+            last = service.last_exit
+            rows.append({
+                "name": service.name, "state": service.state.value, "pid": service.pid,
+                "uptime": round(self.clock() - started, 3) if started is not None else None,
+                "restarts": service.restarts,
+                "last_exit": dataclasses.asdict(last) if last else None,
+                "processes": sorted(members),
+                **(_resources(service.pid) if service.pid is not None else {}),
+            })
+        return rows
 
     def reload(self) -> Dict[str, List[str]]:
         """Re-read the config: start added services, stop removed ones, restart changed ones.
@@ -2701,6 +3156,8 @@ class ServiceManager:
         """Stop ``service``, then drop it (no config) or start it again with ``config``."""
         def then() -> None:
             if config is None:
+                if service.tree is not None:
+                    self.processes.release([service.tree])
                 del self.services[service.name]
                 self._dependents.pop(service.name, None)
                 return
@@ -2786,8 +3243,10 @@ class ServiceManager:
                 and self.processes.start_time(saved["pid"]) == saved["start_time"]}
         if owner["pid"] != os.getpid() and self.processes.start_time(owner["pid"]) is None:
             # the old supervisor is gone, so its tag is unique: it finds escaped daemons too
-            for pids in self.processes.tagged_processes(state["tag_prefix"]).values():
-                left |= pids
+            names = set(state["services"]) | set(self.services)
+            for members in self.processes.members([SessionTree(state["tag_prefix"] + name)
+                                                   for name in names]):
+                left |= members
         if left:
             log("warning", "stopping %d processes left by a supervisor that was killed: %s"
                 % (len(left), ", ".join(map(str, sorted(left)))))
@@ -2801,11 +3260,17 @@ class ServiceManager:
         for name, service in self.services.items():
             due = service.timer.due if service.timer is not None and not service.timer.cancelled \
                 else None
+            drain = service.drain
             services[name] = {
                 "state": service.state.value, "pid": service.pid, "retries": service.retries,
                 "restarts": service.restarts, "started_at": service.started_at,
-                "restart_due": due if service.state is State.BACKOFF else None,
+                "timer_due": due,
                 "last_exit": dataclasses.asdict(service.last_exit) if service.last_exit else None,
+                "sessions": sorted(getattr(service.tree, "sessions", ())),
+                "drain": None if drain is None else {
+                    "pid": drain.pid, "count": drain.count, "forced": drain.forced,
+                    "main_exit": dataclasses.asdict(drain.main_exit) if drain.main_exit else None,
+                    "verdict": drain.verdict},
             }
         pending = [signal.Signals(signum).name for signum in self._pending_signals]
         pipes = []
@@ -2830,29 +3295,62 @@ class ServiceManager:
         self._awaiting = [self.services[name] for name in handoff["awaiting"]]
         for name, saved in handoff["services"].items():
             service = self.services.get(name)
-            if service is None:
-                continue
-            service.retries = saved["retries"]
-            service.restarts = saved["restarts"]
-            service.started_at = saved["started_at"]
-            if saved["last_exit"]:
-                service.last_exit = ExitInfo(**saved["last_exit"])
-            pid = saved["pid"]
-            if pid is not None and self.processes.is_child(pid):
-                self._track(service, pid)
-                log("info", "adopted pid %d" % pid, service.name)
-                service.transition("adopted", State.RUNNING, pid=pid)
-            elif pid is not None:
-                log("warning", "cannot adopt pid %d across the re-exec; starting it again" % pid,
-                    service.name)
-                self._spawn(service)
-            elif saved["state"] == "backoff":
-                service.state = State.BACKOFF
-                due = saved["restart_due"] if saved["restart_due"] is not None else self.clock()
-                service.timer = self.timers.call_at(
-                    due, lambda s=service: self._spawn(s))  # type: ignore[misc]  # default arg
-            elif saved["state"] in ("exited", "fatal"):
-                service.state = State(saved["state"])
+            if service is not None:
+                self._adopt_service(service, saved)
+
+    def _adopt_service(self, service: Service, saved: Dict[str, Any]) -> None:
+        """Take ``service`` back as the old image left it: the same state, processes and
+        timers (a stop or a readiness wait in progress goes on where it was)."""
+        service.retries = saved["retries"]
+        service.restarts = saved["restarts"]
+        service.started_at = saved["started_at"]
+        if saved["last_exit"]:
+            service.last_exit = ExitInfo(**saved["last_exit"])
+        tree = self._tree(service)
+        if isinstance(tree, SessionTree):
+            tree.sessions.update(saved["sessions"])
+        state, pid, due = State(saved["state"]), saved["pid"], saved["timer_due"]
+        if saved["drain"] is not None:
+            drain = saved["drain"]
+            main_exit = drain["main_exit"]
+            service.drain = Drain(drain["pid"], drain["count"], drain["forced"],
+                                  ExitInfo(**main_exit) if main_exit else None,
+                                  tuple(drain["verdict"]) if drain["verdict"] else None)
+            service.timer = self.timers.call_at(due if due is not None else self.clock(),
+                                                lambda: self._force_kill([service]))
+        if pid is not None and self.processes.is_child(pid):
+            self._track(service, pid)
+            log("info", "adopted pid %d" % pid, service.name)
+            adopted_as = state if state in (State.STARTING, State.STOPPING) else State.RUNNING
+            service.transition("adopted", adopted_as, pid=pid)
+            if adopted_as is State.STARTING:
+                self._await_ready(service, due if due is not None else self.clock())
+        elif state is State.STOPPING:
+            service.transition("adopted", State.STOPPING, pid=None)  # only its tree is left
+        elif pid is not None:
+            log("warning", "cannot adopt pid %d across the re-exec; starting it again" % pid,
+                service.name)
+            self._spawn(service)
+        elif state is State.BACKOFF:
+            service.state = State.BACKOFF
+            service.timer = self.timers.call_at(due if due is not None else self.clock(),
+                                                lambda: self._spawn(service))
+        elif state in (State.EXITED, State.FATAL):
+            service.state = state  # a drain of what it left, if any, goes on (above)
+
+
+def _command_line(pid: int) -> str:
+    """``pid``'s command line, for a message naming a process ("?" when it cannot be read)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as cmdline:
+            return cmdline.read().replace(b"\0", b" ").decode(errors="replace").strip() or "?"
+    except OSError:
+        pass
+    try:
+        import psutil
+        return " ".join(psutil.Process(pid).cmdline()) or "?"
+    except Exception:  # noqa: BLE001 - psutil missing, or the process is gone
+        return "?"
 
 
 def _last_lines(service: Service) -> str:

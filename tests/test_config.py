@@ -51,8 +51,8 @@ services:
 
 SERVICE_KEYS = (
     "command, shell, cwd, env, restart, success_exit_codes, max_retries, restart_delay, "
-    "backoff, reset_after, stop_signal, stop_timeout, ready, depends_on, stdout, stderr, "
-    "autostart, umask, user"
+    "backoff, reset_after, stop_signal, stop_timeout, kill_mode, ready, depends_on, stdout, "
+    "stderr, autostart, umask, user"
 )
 
 
@@ -100,6 +100,7 @@ def test_demo_config_parses_with_spec_defaults():
         reset_after=10.0,
         stop_signal="SIGTERM",
         stop_timeout=10.0,
+        kill_mode="tree",
         ready=cfg.ReadySpec("tcp", "127.0.0.1:8000", 5.0),
         depends_on=(),
         stdout=cfg.OutputSpec("inherit"),
@@ -224,6 +225,12 @@ def test_a_problem_reads_file_line_key_message():
             4,
             "services.web.restart",
             "expected one of always, on-failure, never; got 'alway' (did you mean 'always'?)",
+        ),
+        (
+            "command: [x]\nkill_mode: trees",
+            4,
+            "services.web.kill_mode",
+            "expected one of tree, process; got 'trees' (did you mean 'tree'?)",
         ),
         (
             "command: [x]\nrestart_delay: abc",

@@ -171,20 +171,29 @@ def test_is_child_without_waitid_keeps_an_early_reaped_exit_for_reap(monkeypatch
         exiting.returncode = 3  # reaped above: Popen must not wait for the pid again
 
 
-def test_tagged_processes_come_from_psutil_where_there_is_no_proc(monkeypatch):
+def test_tree_members_come_from_psutil_where_there_is_no_proc(monkeypatch):
     real_isdir = os.path.isdir
     monkeypatch.setattr(os.path, "isdir", lambda path: path != "/proc/self" and real_isdir(path))
+    real_open = open
 
-    def no_proc_scan(prefix):
-        raise AssertionError("/proc was read")
+    def no_proc_open(path, *args, **kwargs):
+        if str(path).startswith("/proc/"):
+            raise AssertionError("/proc was read")
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(supervisor, "_scan_proc_tags", no_proc_scan)
-    tag = "platform-test-%d/" % os.getpid()
-    child = start_child(env=dict(os.environ, **{supervisor.SERVICE_TAG_ENV: tag + "svc"}))
+    monkeypatch.setattr(supervisor, "open", no_proc_open, raising=False)
+    tag = "platform-test-%d/svc" % os.getpid()
+    child = start_child(env=dict(os.environ, **{supervisor.SERVICE_TAG_ENV: tag}))
     try:
-        found = wait_until(lambda: supervisor.PosixProcesses().tagged_processes(tag),
-                           "the tagged child")
-        assert found == {tag + "svc": {child.pid}}
+        processes = supervisor.PosixProcesses()
+        by_tag = supervisor.SessionTree(tag)  # found by its tag alone
+        by_session = supervisor.SessionTree("another/tag")
+        by_session.begin(child.pid)  # found by its session alone
+        found = wait_until(lambda: processes.members([by_tag])[0], "the tagged child")
+        assert found == {child.pid}
+        assert processes.members([by_session]) == [{child.pid}]
+        # each process belongs to one tree: its session's before its tag's
+        assert processes.members([by_tag, by_session]) == [set(), {child.pid}]
     finally:
         child.kill()
         child.wait()

@@ -3,6 +3,7 @@
 import signal
 
 import pytest
+from fake_processes import FakeProcesses, checked
 
 import supervisor
 from supervisor import TRANSITIONS, IllegalTransition, ServiceManager, State
@@ -21,67 +22,6 @@ class FakeClock:
         self.now += seconds
 
 
-class FakeProcesses:
-    """Records what the manager asks for; the test decides when processes exit."""
-
-    orphans_come_home = True
-
-    def __init__(self):
-        self.next_pid = 100
-        self.spawn_error = None
-        self.spawned = []
-        self.signals = []  # (target, signame, "group" | "pid")
-        self.exits = []  # (pid, ExitInfo) handed out by the next reap()
-        self.live_groups = set()
-        self.tagged = {}
-
-    def spawn(self, launch):
-        if self.spawn_error is not None:
-            raise self.spawn_error
-        self.next_pid += 1
-        self.spawned.append((launch, self.next_pid))
-        self.live_groups.add(self.next_pid)
-        return self.next_pid
-
-    def watch(self, pid):
-        return None
-
-    def readable(self, fd):
-        return fd  # the output pipes are real; no fake process ever writes into them
-
-    def reap(self):
-        exits, self.exits = self.exits, []
-        return exits
-
-    def exit(self, pid, returncode=None, signame=None, group_gone=True):
-        self.exits.append((pid, supervisor.ExitInfo(returncode, signame)))
-        if group_gone:
-            self.live_groups.discard(pid)
-
-    def send(self, pid, signame):
-        self.signals.append((pid, signame, "pid"))
-        return True
-
-    def send_group(self, pgid, signame):
-        self.signals.append((pgid, signame, "group"))
-        return True
-
-    def group_alive(self, pgid):
-        return pgid in self.live_groups
-
-    def alive(self, pid):
-        return False
-
-    def in_group(self, pid, pgid):
-        return False
-
-    def tagged_processes(self, prefix):
-        return self.tagged
-
-    def is_child(self, pid):
-        return pid in self.live_groups
-
-
 def make_manager(services, supervisor_settings=None, rng=None):
     config = supervisor.parse_config(
         supervisor.json.dumps({"supervisor": supervisor_settings or {}, "services": services}),
@@ -93,7 +33,7 @@ def make_manager(services, supervisor_settings=None, rng=None):
     clock = FakeClock()
     events.clock = clock
     manager = ServiceManager(
-        config, events, FakeProcesses(), clock, rng=rng or (lambda low, high: 0.0)
+        config, events, checked(FakeProcesses()), clock, rng=rng or (lambda low, high: 0.0)
     )
     return manager, seen, clock
 
@@ -265,13 +205,13 @@ def test_a_failing_start_with_no_delay_yields_to_the_loop_between_attempts():
     assert names(seen).count("spawn_failed") == 3
 
 
-def test_stop_signals_the_group_and_stops_when_the_tree_is_gone():
+def test_stop_signals_the_tree_and_stops_when_the_tree_is_gone():
     manager, seen, clock = make_manager({"a": {"command": "x", "stop_signal": "INT"}})
     manager.start_service("a")
     pid = manager.services["a"].pid
     manager.stop_service("a")
     assert seen[-1]["event"] == "stopping" and seen[-1]["signal"] == "SIGINT"
-    assert (pid, "SIGINT", "group") in manager.processes.signals
+    assert ("a", "SIGINT") in manager.processes.signals
     manager.processes.exit(pid, signame="SIGINT")
     step(manager, clock, 0.1)
     assert seen[-1]["event"] == "stopped" and seen[-1]["forced"] is False
@@ -279,30 +219,22 @@ def test_stop_signals_the_group_and_stops_when_the_tree_is_gone():
     assert "restart_scheduled" not in names(seen)
 
 
-def test_stop_waits_for_the_group_then_sigkills_it_after_stop_timeout():
+def test_stop_waits_for_the_tree_then_sigkills_it_after_stop_timeout():
     manager, seen, clock = make_manager({"a": {"command": "x", "stop_timeout": 2}})
     manager.start_service("a")
     pid = manager.services["a"].pid
+    manager.processes.add_process("a", 555)
     manager.stop_service("a")
-    manager.processes.exit(pid, returncode=0, group_gone=False)
+    manager.processes.exit(pid, returncode=0, tree_empties=False)
     step(manager, clock, 1.0)
     assert manager.services["a"].state is State.STOPPING
+    assert ("a", "SIGKILL") not in manager.processes.signals
     step(manager, clock, 1.5)
-    assert (pid, "SIGKILL", "group") in manager.processes.signals
-    manager.processes.live_groups.discard(pid)
+    assert ("a", "SIGKILL") in manager.processes.signals
+    manager.processes.empty("a")
     step(manager, clock)
     assert seen[-1]["event"] == "stopped" and seen[-1]["forced"] is True
-
-
-def test_escaped_processes_get_the_stop_signal_and_sigkill():
-    manager, _, clock = make_manager({"a": {"command": "x", "stop_timeout": 1}})
-    manager.start_service("a")
-    pid = manager.services["a"].pid
-    manager.processes.tagged = {manager.tag_prefix + "a": {pid, 555}}
-    manager.stop_service("a")
-    assert (555, "SIGTERM", "pid") in manager.processes.signals
-    step(manager, clock, 1.5)
-    assert (555, "SIGKILL", "pid") in manager.processes.signals
+    assert seen[-1]["returncode"] == 0
 
 
 def test_stop_during_backoff_cancels_the_restart():
@@ -337,14 +269,13 @@ def test_shutdown_stops_everything_in_parallel_and_restarts_nothing():
 def test_second_sigint_kills_at_once():
     manager, _, clock = make_manager({"a": {"command": "x", "stop_timeout": 60}})
     manager.start_service("a")
-    pid = manager.services["a"].pid
     manager._record_signal(signal.SIGINT, None)
     step(manager, clock)
     assert manager.shutting_down
-    assert (pid, "SIGKILL", "group") not in manager.processes.signals
+    assert ("a", "SIGKILL") not in manager.processes.signals
     manager._record_signal(signal.SIGINT, None)
     step(manager, clock)
-    assert (pid, "SIGKILL", "group") in manager.processes.signals
+    assert ("a", "SIGKILL") in manager.processes.signals
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"),
@@ -429,3 +360,184 @@ def test_reload_removes_a_stopped_service_during_a_monitoring_pass(tmp_path):
     step(manager, clock)
     assert list(manager.services) == ["keep"]
     assert names(seen)[-2:] == ["reloaded", "stopped"]
+
+
+# -- the restart policy as a pure function
+
+
+def policy(**keys):
+    return supervisor.parse_config(
+        supervisor.json.dumps({"services": {"a": {"command": "x", **keys}}}), "t.yaml"
+    ).services["a"]
+
+
+@pytest.mark.parametrize(
+    "keys, retries, expected, uptime, decision",
+    [
+        ({"restart": "never"}, 0, False, 1.0, ("nothing", 0, 0.0)),
+        ({"restart": "on-failure"}, 1, True, 1.0, ("nothing", 1, 0.0)),
+        ({"restart": "on-failure"}, 1, False, 1.0, ("restart", 2, 0.0)),
+        ({"restart": "always", "restart_delay": 2}, 0, True, 1.0, ("restart", 1, 2.0)),
+        ({"restart": "always", "max_retries": 2}, 2, False, 1.0, ("give_up", 2, 0.0)),
+        ({"restart": "always", "max_retries": 2}, 2, False, 10.0, ("restart", 1, 0.0)),
+        ({"restart": "always", "max_retries": None}, 99, False, 1.0, ("restart", 100, 0.0)),
+        (
+            {"restart": "always", "restart_delay": 1, "backoff": {"factor": 2, "max_delay": 3}},
+            2, False, 1.0, ("restart", 3, 3.0),
+        ),
+    ],
+)
+def test_decide_after_exit(keys, retries, expected, uptime, decision):
+    assert tuple(supervisor.decide_after_exit(policy(**keys), retries, expected, uptime)) == (
+        decision
+    )
+
+
+# -- a service is its whole tree
+
+
+def test_leftovers_are_stopped_before_the_restart():
+    manager, seen, clock = make_manager({"a": {"command": "x", "restart": "always",
+                                               "stop_timeout": 3}})
+    manager.start_service("a")
+    pid = manager.services["a"].pid
+    manager.processes.add_process("a", 555)
+    manager.processes.exit(pid, signame="SIGKILL", tree_empties=False)
+    step(manager, clock)
+    assert names(seen)[-1] == "exited" and seen[-1]["leftovers"] == 1
+    assert ("a", "SIGTERM") in manager.processes.signals
+    assert manager.services["a"].state is State.EXITED
+    step(manager, clock, 1.0)
+    assert names(seen).count("spawned") == 1  # never two instances at once
+    manager.processes.empty("a")
+    step(manager, clock)
+    assert names(seen)[-2:] == ["leftovers_stopped", "restart_scheduled"]
+    assert seen[-2]["count"] == 1 and seen[-2]["forced"] is False
+    step(manager, clock)
+    assert names(seen)[-1] == "spawned"
+
+
+def test_leftovers_that_ignore_the_stop_signal_are_killed_after_stop_timeout():
+    manager, seen, clock = make_manager({"a": {"command": "x", "restart": "never",
+                                               "stop_timeout": 2}})
+    manager.start_service("a")
+    manager.processes.add_process("a", 555)
+    manager.processes.exit(manager.services["a"].pid, returncode=0, tree_empties=False)
+    step(manager, clock)
+    step(manager, clock, 2.5)
+    assert ("a", "SIGKILL") in manager.processes.signals
+    manager.processes.empty("a")
+    step(manager, clock)
+    assert seen[-1]["event"] == "leftovers_stopped" and seen[-1]["forced"] is True
+
+
+def test_an_empty_tree_restarts_at_once_without_a_leftovers_event():
+    manager, seen, clock = make_manager({"a": {"command": "x", "restart": "always"}})
+    manager.start_service("a")
+    manager.processes.exit(manager.services["a"].pid, signame="SIGKILL")
+    step(manager, clock)
+    assert names(seen)[-3:] == ["exited", "restart_scheduled", "spawned"]
+    assert seen[-3]["leftovers"] == 0
+    assert manager.processes.signals == []
+
+
+def test_kill_mode_process_keeps_leftovers_until_the_stop():
+    manager, seen, clock = make_manager({"a": {"command": "x", "restart": "always",
+                                               "kill_mode": "process"}})
+    manager.start_service("a")
+    manager.processes.add_process("a", 555)
+    manager.processes.exit(manager.services["a"].pid, returncode=1, tree_empties=False)
+    step(manager, clock)
+    assert names(seen)[-3:] == ["exited", "restart_scheduled", "spawned"]
+    assert seen[-3]["leftovers"] == 1
+    assert manager.processes.signals == []
+    manager.shutdown()
+    assert ("a", "SIGTERM") in manager.processes.signals
+
+
+@pytest.mark.parametrize("state", ["fatal", "exited", "backoff"])
+def test_stop_stops_the_tree_in_every_state(state):
+    keys = {"fatal": {"max_retries": 0}, "exited": {"restart": "never"},
+            "backoff": {"restart_delay": 30}}[state]
+    manager, seen, clock = make_manager({"a": {"command": "x", "kill_mode": "process",
+                                               "restart": "always", **keys}})
+    manager.start_service("a")
+    manager.processes.add_process("a", 555)
+    manager.processes.exit(manager.services["a"].pid, returncode=1, tree_empties=False)
+    step(manager, clock)
+    assert manager.services["a"].state.value == state
+    manager.stop_service("a")
+    assert seen[-1]["event"] == "stopping" and seen[-1]["pid"] is None
+    assert ("a", "SIGTERM") in manager.processes.signals
+    manager.processes.empty("a")
+    step(manager, clock)
+    assert seen[-1]["event"] == "stopped" and manager.services["a"].state is State.STOPPED
+
+
+def test_shutdown_waits_for_the_leftovers_of_a_given_up_service():
+    manager, seen, clock = make_manager({"a": {"command": "x", "kill_mode": "process",
+                                               "max_retries": 0}})
+    manager.start_service("a")
+    manager.processes.add_process("a", 555)
+    manager.processes.exit(manager.services["a"].pid, returncode=1, tree_empties=False)
+    step(manager, clock)
+    manager.shutdown()
+    step(manager, clock)
+    assert not manager.finished and manager.services["a"].state is State.STOPPING
+    manager.processes.empty("a")
+    step(manager, clock)
+    assert manager.finished and manager.exit_code == 0
+
+
+def test_shutdown_kills_orphans_no_tree_claimed():
+    manager, _, clock = make_manager({"a": {"command": "x"}})
+    manager.processes.stray.add(777)
+    manager.shutdown()
+    step(manager, clock)
+    assert manager.finished and ("777", "SIGKILL") in manager.processes.signals
+
+
+def reexec(manager, clock):
+    """A new manager adopting what ``manager`` hands over, as a re-executed image does."""
+    state = supervisor.json.loads(supervisor.json.dumps(manager.handoff_state([], None)))
+    events = supervisor.EventStream(None)
+    seen = []
+    events.listeners.append(seen.append)
+    events.clock = clock
+    adopted = ServiceManager(manager.config, events, manager.processes, clock,
+                             rng=lambda low, high: 0.0)
+    adopted._adopt(state)
+    return adopted, seen
+
+
+def test_a_stop_in_progress_survives_a_reexec():
+    manager, _, clock = make_manager({"a": {"command": "x", "stop_timeout": 5}})
+    manager.start_service("a")
+    pid = manager.services["a"].pid
+    manager.stop_service("a")
+    clock.advance(2)
+    adopted, seen = reexec(manager, clock)
+    assert adopted.services["a"].state is State.STOPPING
+    assert seen[-1]["event"] == "adopted" and seen[-1]["pid"] == pid
+    step(adopted, clock, 2.9)
+    assert ("a", "SIGKILL") not in adopted.processes.signals
+    step(adopted, clock, 0.2)  # 5 s after the stop began, not after the re-exec
+    assert ("a", "SIGKILL") in adopted.processes.signals
+    adopted.processes.exit(pid, signame="SIGKILL")
+    step(adopted, clock)
+    assert seen[-1]["event"] == "stopped" and seen[-1]["forced"] is True
+
+
+def test_a_readiness_wait_survives_a_reexec():
+    manager, _, clock = make_manager({
+        "db": {"command": "x", "ready": {"file": "/nonexistent/ready", "timeout": 4}},
+        "web": {"command": "x", "depends_on": ["db"]},
+    })
+    manager.start_service("db")
+    manager.start_service("web")
+    clock.advance(1)
+    adopted, seen = reexec(manager, clock)
+    assert adopted.services["db"].state is State.STARTING
+    assert adopted.services["web"].state is State.STOPPED  # still waiting for db
+    step(adopted, clock, 3.5)
+    assert ("db", "SIGKILL") in adopted.processes.signals  # 4 s after its spawn

@@ -83,7 +83,7 @@ def test_stop_service_signals_the_process_group():
     with mock.patch("supervisor.subprocess.Popen", return_value=fake_popen(4242)):
         manager.start_service("web")
     with mock.patch("supervisor.os.killpg") as killpg, mock.patch.object(
-        manager.processes, "tagged_processes", return_value={}
+        manager.processes, "members", return_value=[set()]
     ):
         manager.stop_service("web")
     killpg.assert_called_once_with(4242, signal.SIGINT)
@@ -153,17 +153,18 @@ def test_a_service_restarted_while_adopting_does_not_inherit_the_exec_signal_mas
     manager, seen = make_manager({"web": {"command": ["server"]}})
     handoff = {"pending_signals": [], "pipes": [], "awaiting": [], "control": None,
                "services": {"web": {"state": "running", "pid": 4241, "retries": 0, "restarts": 0,
-                                    "started_at": 0.0, "restart_due": None, "last_exit": None}}}
+                                    "started_at": 0.0, "timer_due": None, "last_exit": None,
+                                    "sessions": [4241], "drain": None}}}
     masks = []
 
-    def spawn(launch):
+    def spawn(launch, tree):
         masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
         return 4242
 
     supervisor.block_signals()  # as after the exec
     try:
         with mock.patch.object(manager, "_install_wakeups"), mock.patch.object(
-            manager.processes, "claim_orphans"
+            manager.processes, "take_charge"
         ), mock.patch.object(manager.processes, "is_child", return_value=False), mock.patch.object(
             manager.processes, "spawn", side_effect=spawn
         ):
