@@ -55,8 +55,8 @@ def cgroup2_unavailable():
 
 def backend_params():
     reason = cgroup2_unavailable()
-    cgroup = pytest.param("cgroup", marks=pytest.mark.skipif(reason is not None, reason=reason))
-    return [cgroup, "session"]
+    marks = [pytest.mark.skip(reason=reason)] if reason else []
+    return [pytest.param("cgroup", marks=marks), "session"]
 
 
 def free_port():

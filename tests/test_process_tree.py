@@ -291,10 +291,10 @@ def test_restart_and_reload_removal_stop_what_an_exited_service_left(
     assert trees.alive(trees.recorded()) == []
 
 
-@pytest.mark.parametrize("moment", [1, 4])
-def test_sigterm_in_a_crash_storm_of_trees_leaves_nothing(trees, moment):
+def test_sigterm_in_a_crash_storm_of_trees_leaves_nothing(trees):
     """Issue 13, 6: 50 services exiting every 5-20 ms, 10 of them leaving a sleep 30
-    behind each time; SIGTERM at some moment of it: exit 0 and nothing left."""
+    behind each time; SIGTERM in the middle of it: exit 0 and nothing left. (Before the
+    fix every run left dozens; the stress phase's scenario repeats it at many moments.)"""
     pids = trees.pids_file("storm")
     services = {
         "crash%02d" % i: {"command": ["sleep", "0.0%02d" % (5 + i % 16)]} for i in range(40)
@@ -304,7 +304,7 @@ def test_sigterm_in_a_crash_storm_of_trees_leaves_nothing(trees, moment):
     for service in services.values():
         service.update(restart="always", max_retries=None, stdout="null", stderr="null")
     handle = trees.spawn({"services": services})
-    handle.wait_for("spawned", timeout=60, predicate=at_least(50 + 60 * moment))
+    handle.wait_for("spawned", timeout=60, predicate=at_least(250))
     handle.signal("SIGTERM")
     assert handle.wait_exit(timeout=30) == 0
     assert trees.alive(trees.recorded()) == []
@@ -401,7 +401,7 @@ def test_a_reexec_while_a_service_is_stopping_keeps_the_stop_and_its_timer(
                     "command": dummy_service(
                         ignore_sigterm=True, grandchildren=1, pids_file=pids, ready_file=ready
                     ),
-                    "stop_timeout": 3,
+                    "stop_timeout": 2.5,
                 }
             }
         },
@@ -427,7 +427,7 @@ def test_a_reexec_while_a_service_is_stopping_keeps_the_stop_and_its_timer(
         stopper.wait()
     assert stopped["forced"] is True
     # The timer ran from the stop, not from the re-exec, and ran out only once.
-    assert 2.9 <= stopped["mono"] - stopping["mono"] < 8
+    assert 2.4 <= stopped["mono"] - stopping["mono"] < 7
     assert trees.alive(trees.recorded()) == []
     after = [e["event"] for e in service_events(handle, "stubborn") if e["mono"] > stopping["mono"]]
     assert "spawned" not in after and after.count("stopped") == 1
@@ -516,7 +516,7 @@ def test_an_unknown_backend_is_refused_naming_the_choices(supervisor_factory):
         env={"SUPERVISOR_TREE_BACKEND": "cgroups"},
         wait=False,
     )
-    assert handle.wait_exit(timeout=20) == 2
+    assert handle.wait_exit(timeout=5) == 2
     output = "\n".join(handle.log_lines())
     assert "SUPERVISOR_TREE_BACKEND" in output and "cgroups" in output
     for choice in ("auto", "cgroup", "session"):
