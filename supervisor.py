@@ -1143,10 +1143,12 @@ class SessionTree:
     def __init__(self, tag: str):
         self.tag = tag
         self.sessions: Set[int] = set()  # of instances that may have processes left
-        self.found: Set[int] = set()     # members seen by the last scan
+        self.newest: Optional[int] = None  # the latest instance's session
+        self.found: Set[int] = set()     # members seen by the last exact look
 
     def begin(self, pid: int) -> None:
         self.sessions.add(pid)
+        self.newest = pid
 
     def populated(self) -> bool:
         """Cheap: a process group of its sessions, or a member found before, is alive. The
@@ -1155,10 +1157,10 @@ class SessionTree:
         return bool(self.found) or any(_signal_zero(os.killpg, sid) for sid in self.sessions)
 
     def settle(self, members: Set[int]) -> None:
-        """Remember what a scan found; an empty tree needs only its newest session."""
+        """Remember what was found; an empty tree keeps only its newest session."""
         self.found = set(members)
         if not members:
-            self.sessions = {max(self.sessions)} if self.sessions else set()
+            self.sessions = {self.newest} if self.newest is not None else set()
 
     def kill(self, members: Set[int]) -> None:
         for sid in self.sessions:
@@ -1215,7 +1217,7 @@ class Inotify:
     """One inotify descriptor: readable when a watched file changes (cgroup.events here)."""
 
     IN_MODIFY = 0x2
-    IN_NONBLOCK_CLOEXEC = os.O_NONBLOCK | 0o2000000
+    IN_NONBLOCK_CLOEXEC = 0o4000 | 0o2000000  # Linux's O_NONBLOCK | O_CLOEXEC
 
     def __init__(self) -> None:
         self._libc = ctypes.CDLL(None, use_errno=True)
@@ -2817,6 +2819,7 @@ class ServiceManager:
         # The hot path: an empty tree (one read of cgroup.events, or a dead process group)
         # needs no scan, and the restart goes at once.
         leftovers = self._members([service])[0] if service.tree.populated() else set()
+        service.tree.settle(leftovers)
         level = "info" if expected else "warning"
         log(level, "pid %d exited (%s) after %.3fs%s" % (
             pid, info.describe(), uptime,
@@ -3309,6 +3312,7 @@ class ServiceManager:
         tree = self._tree(service)
         if isinstance(tree, SessionTree):
             tree.sessions.update(saved["sessions"])
+            tree.newest = saved["pid"]
         state, pid, due = State(saved["state"]), saved["pid"], saved["timer_due"]
         if saved["drain"] is not None:
             drain = saved["drain"]
@@ -3956,9 +3960,10 @@ def format_status(rows: List[Dict[str, Any]]) -> str:
             return "-"
         return info["signal"] or "exit %s" % info["returncode"]
 
-    header = ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "RSS", "CPU"]
+    header = ["NAME", "STATE", "PID", "PROCS", "UPTIME", "RESTARTS", "LAST EXIT", "RSS", "CPU"]
     table = [header] + [[
-        row["name"], row["state"], str(row["pid"] or "-"), uptime(row["uptime"]),
+        row["name"], row["state"], str(row["pid"] or "-"), str(len(row["processes"])),
+        uptime(row["uptime"]),
         str(row["restarts"]), last_exit(row["last_exit"]),
         "%.1fM" % (row["rss"] / 1e6) if "rss" in row else "-",
         "%.2fs" % row["cpu"] if "cpu" in row else "-"] for row in rows]

@@ -67,13 +67,14 @@ def test_status_table_and_json(supervisor_factory, dummy_service, control_dir):
     table = cli("status", "--socket", str(sock))
     assert table.returncode == 0, table.stderr
     header, web, job = table.stdout.splitlines()
-    assert header.split() == ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST", "EXIT",
-                              "RSS", "CPU"]
-    assert web.split()[:5] == ["web", "running", str(pid), web.split()[3], "0"]
-    assert job.split()[:3] == ["job", "exited", "-"] and "exit 3" in job
+    assert header.split() == ["NAME", "STATE", "PID", "PROCS", "UPTIME", "RESTARTS", "LAST",
+                              "EXIT", "RSS", "CPU"]
+    assert web.split()[:6] == ["web", "running", str(pid), "1", web.split()[4], "0"]
+    assert job.split()[:4] == ["job", "exited", "-", "0"] and "exit 3" in job
     as_json = json.loads(cli("status", "web", "--json", "--socket", str(sock)).stdout)
     assert [row["name"] for row in as_json] == ["web"]
     assert as_json[0]["pid"] == pid and as_json[0]["rss"] > 0 and as_json[0]["uptime"] >= 0
+    assert as_json[0]["processes"] == [pid]
 
 
 @posix_only
