@@ -114,6 +114,7 @@ class Trees:
         self.files = []
         self.noted = set()
         self.folders = []
+        self.identities = {}  # pid -> creation time when the test first saw it, or None
 
     def spawn(self, config, env=None, **options):
         """A supervisor under this backend; a dict config gets a control socket."""
@@ -141,6 +142,7 @@ class Trees:
 
     def note(self, pids):
         """Pids found some other way (psutil), to be checked after the test too."""
+        self._identify(pids)
         self.noted.update(pids)
 
     def recorded(self, *files):
@@ -150,22 +152,58 @@ class Trees:
             if path.exists():
                 for role_pids in read_pids(path).values():
                     pids.update(role_pids)
+        self._identify(pids)
         return pids
+
+    def read_pids(self, path):
+        """{role: [pid, ...]} of a pids file; the pids are identified at once (see ours)."""
+        pids = read_pids(path)
+        self._identify([pid for role_pids in pids.values() for pid in role_pids])
+        return pids
+
+    def wait_for_pids(self, path, role, count, what):
+        """The pids of ``role`` in a pids file, once there are ``count`` of them."""
+        return wait_until(
+            lambda: (
+                path.exists()
+                and len(read_pids(path).get(role, ())) >= count
+                and self.read_pids(path)[role]
+            ),
+            what,
+        )
 
     def alive(self, pids, timeout=0.0):
         """Those of ``pids`` still running (zombies count as ended) after ``timeout``."""
         return still_alive(self.ours(pids), timeout=timeout)
 
     def ours(self, pids):
-        """The pids that are still processes started during this test (not reused)."""
+        """The pids that are still the processes the test first saw under them.
+
+        pid_max can be as low as 32768, and crash storms on a shared machine go through
+        pids fast: a pid is tied to the creation time it had when the test first read it
+        (None: it had already ended, so whatever runs under it later is not ours)."""
+        self._identify(pids)
         found = []
         for pid in pids:
+            created = self.identities[pid]
             try:
-                if psutil.Process(pid).create_time() >= self.began - CREATE_TIME_SLACK:
+                if created is not None and psutil.Process(pid).create_time() == created:
                     found.append(pid)
             except psutil.NoSuchProcess:
                 continue
         return found
+
+    def _identify(self, pids):
+        for pid in pids:
+            if pid in self.identities:
+                continue
+            try:
+                created = psutil.Process(pid).create_time()
+            except psutil.NoSuchProcess:
+                created = None
+            # Older than the test: the pid was reused by something else since.
+            fresh = created is not None and created >= self.began - CREATE_TIME_SLACK
+            self.identities[pid] = created if fresh else None
 
     def finish(self):
         """Close the supervisors, then kill and report whatever recorded pid survived."""
@@ -189,16 +227,6 @@ class Trees:
                 + "\n  ".join(described),
                 pytrace=False,
             )
-
-
-def wait_for_pids(path, role, count, what):
-    """The ``count`` pids of ``role`` in a pids file, once they are all there."""
-    return wait_until(
-        lambda: (
-            path.exists() and len(read_pids(path).get(role, ())) >= count and read_pids(path)[role]
-        ),
-        what,
-    )
 
 
 def wiped(pid):

@@ -16,7 +16,7 @@ import time
 
 import psutil
 import pytest
-from process_helpers import read_pids, still_alive, wait_until
+from process_helpers import wait_until
 from process_trees import (
     POLICY_EVENTS,
     SUPERVISOR,
@@ -28,9 +28,10 @@ from process_trees import (
     following,
     free_port,
     service_events,
-    wait_for_pids,
     wiped,
 )
+
+from pytest_supervisor import processes
 
 pytestmark = [
     pytest.mark.integration,
@@ -85,7 +86,7 @@ def test_killed_master_s_env_wiping_workers_are_stopped_before_the_next_master(
         }
     )
     master = handle.wait_for("ready", "web")["pid"]
-    workers = wait_for_pids(pids, "worker", 2, "the two workers")
+    workers = trees.wait_for_pids(pids, "worker", 2, "the two workers")
     wait_until(lambda: all(wiped(pid) for pid in workers), "the workers to wipe their env")
     assert answer_of(port).endswith("master %d" % master)
 
@@ -118,15 +119,19 @@ def test_a_killed_main_s_child_is_stopped_before_the_restart(trees):
     script = 'sleep 301 & echo "child $!" >> %s; exec sleep 302' % pids
     handle = trees.spawn({"services": {"pair": {"command": shell(script), "restart": "always"}}})
     first = handle.pid_of("pair")
-    [old_child] = wait_for_pids(pids, "child", 1, "the first sleep 301")
+    [old_child] = trees.wait_for_pids(pids, "child", 1, "the first sleep 301")
     handle.kill("pair")
     exited = handle.wait_for("exited", "pair", predicate=lambda e: e["pid"] == first)
     stopped = assert_leftovers_stopped_first(handle, exited, 1)
     assert stopped["forced"] is False
     handle.assert_respawned("pair", within=10)
     assert trees.alive([old_child]) == []
-    children = wait_for_pids(pids, "child", 2, "the second sleep 301")
-    assert running_command(handle, ["sleep", "301"]) == [children[1]]
+    children = trees.wait_for_pids(pids, "child", 2, "the second sleep 301")
+    # One sleep 301 in the tree, the new one (once it has exec'd: sh writes its pid first).
+    wait_until(
+        lambda: running_command(handle, ["sleep", "301"]) == [children[1]],
+        "the new sleep 301 to be the only one",
+    )
     handle.signal("SIGTERM")
     assert handle.wait_exit(timeout=20) == 0
     assert trees.alive(trees.recorded()) == []
@@ -159,7 +164,7 @@ def test_what_an_exited_main_left_is_stopped_by_its_exit_or_by_the_shutdown(tree
         }
     )
     exited = handle.wait_for("exited", "job")
-    [child] = read_pids(pids)["child"]
+    [child] = trees.read_pids(pids)["child"]
     assert exited["returncode"] == 0 and exited.get("leftovers") == 1
     if kill_mode == "tree":
         assert_leftovers_stopped_first(handle, exited, 1)
@@ -191,7 +196,7 @@ def test_five_hundred_children_of_an_exited_main_are_all_stopped(trees, kill_mod
         }
     )
     exited = handle.wait_for("exited", "forker", timeout=60)
-    children = read_pids(pids)["child"]
+    children = trees.read_pids(pids)["child"]
     assert len(set(children)) == 500
     if kill_mode == "tree":
         stopped = assert_leftovers_stopped_first(handle, exited, 500)
@@ -235,7 +240,7 @@ def test_stop_and_shutdown_reach_services_in_fatal_backoff_and_exited(trees, dum
     handle.wait_for("restart_scheduled", "waiting", timeout=20)
     handle.wait_for("exited", "done", timeout=20)
     for name, runs in (("broken", 2), ("waiting", 1), ("done", 1)):
-        pids = wait_for_pids(files[name], "daemon", runs, "the daemons of %s" % name)
+        pids = trees.wait_for_pids(files[name], "daemon", runs, "the daemons of %s" % name)
         # Each run left its grandchild and its daemon; only the main processes exited.
         assert len(trees.alive(trees.recorded(files[name]))) == 2 * runs
         assert len(pids) == runs
@@ -269,7 +274,7 @@ def test_restart_and_reload_removal_stop_what_an_exited_service_left(
     handle = trees.spawn(config)
     for name in services:
         handle.wait_for("exited", name, timeout=20)
-        wait_for_pids(files[name], "daemon", 1, "the daemon of %s" % name)
+        trees.wait_for_pids(files[name], "daemon", 1, "the daemon of %s" % name)
     left = {name: trees.alive(trees.recorded(files[name])) for name in services}
     assert [len(pids) for pids in left.values()] == [2, 2]
 
@@ -308,8 +313,8 @@ def test_sigterm_in_a_crash_storm_of_trees_leaves_nothing(trees):
     handle.signal("SIGTERM")
     assert handle.wait_exit(timeout=30) == 0
     assert trees.alive(trees.recorded()) == []
-    spawned = {e["pid"] for e in handle.events if e["event"] == "spawned"}
-    assert still_alive(spawned, timeout=0) == []
+    # Nothing else that inherited this supervisor's environment marker runs either.
+    assert processes.carrying_marker(handle.spec.marker, trees.began) == []
     # Whatever the shutdown cut short, no service was acted on before its leftovers were gone.
     for exited in (e for e in handle.events if e["event"] == "exited" and e.get("leftovers")):
         acted = [
@@ -351,9 +356,9 @@ def test_status_counts_and_lists_the_processes_of_each_tree(trees, dummy_service
     handle.wait_for("ready", "web")
     handle.wait_for("exited", "left", timeout=20)
     handle.wait_for("exited", "idle", timeout=20)
-    web = read_pids(files["web"])
+    web = trees.read_pids(files["web"])
     web_tree = web["main"] + web["grandchild"]
-    left = read_pids(wait_for_pids_file(files["left"]))
+    left = trees.read_pids(wait_for_pids_file(trees, files["left"]))
     left_tree = left["grandchild"] + left["daemon"]
     config = str(handle.spec.config_path)
 
@@ -371,8 +376,8 @@ def test_status_counts_and_lists_the_processes_of_each_tree(trees, dummy_service
     assert listed == {"web": sorted(web_tree), "left": sorted(left_tree), "idle": []}
 
 
-def wait_for_pids_file(path):
-    wait_for_pids(path, "daemon", 1, "the daemon's pid")
+def wait_for_pids_file(trees, path):
+    trees.wait_for_pids(path, "daemon", 1, "the daemon's pid")
     return path
 
 
