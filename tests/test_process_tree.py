@@ -137,6 +137,29 @@ def test_a_killed_main_s_child_is_stopped_before_the_restart(trees):
     assert trees.alive(trees.recorded()) == []
 
 
+def test_leftovers_that_ignore_the_stop_signal_are_killed_before_the_restart(trees, dummy_service):
+    """`stop_signal`, then SIGKILL after `stop_timeout`; the restart waits for both."""
+    pids = trees.pids_file("stubborn")
+    command = dummy_service(
+        grandchildren=2, ignore_sigterm=True, pids_file=pids, exit_after=0.3, exit_code=1
+    )
+    handle = trees.spawn(
+        {"services": {"stubborn": {"command": command, "restart": "always", "stop_timeout": 1}}}
+    )
+    first = handle.pid_of("stubborn")
+    grandchildren = trees.wait_for_pids(pids, "grandchild", 2, "the two grandchildren")
+    exited = handle.wait_for("exited", "stubborn", predicate=lambda e: e["pid"] == first)
+    stopped = assert_leftovers_stopped_first(handle, exited, 2)
+    assert stopped["forced"] is True
+    assert stopped["mono"] - exited["mono"] >= 0.95  # they were given stop_timeout
+    assert trees.alive(grandchildren) == []
+    respawned = handle.wait_for("spawned", "stubborn", since=exited["mono"])
+    assert respawned["mono"] >= stopped["mono"]
+    handle.signal("SIGTERM")
+    assert handle.wait_exit(timeout=20) == 0
+    assert trees.alive(trees.recorded()) == []
+
+
 def running_command(handle, command):
     """The pids in the supervisor's tree running ``command``."""
     found = []
