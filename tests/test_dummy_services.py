@@ -512,7 +512,7 @@ def test_workers_wipe_their_environment_and_answer_on_the_masters_port(
     # The exec comes a moment after the fork that recorded the pid.
     wait_until(lambda: all(environment_of(pid) == b"" for pid in workers), "empty environments")
     for pid in workers:
-        assert os.getppid() != pid and is_alive(pid)
+        assert os.getppid() != pid and is_running(pid)
         if setsid:
             assert os.getsid(pid) == os.getpgid(pid) == pid
         else:
@@ -537,7 +537,7 @@ def test_a_killed_masters_workers_keep_the_port_from_the_next_master(
     answer_of(port)  # leaves a connection in TIME_WAIT, which must not block the next bind
     os.kill(first.pid, signal.SIGKILL)
     assert first.wait() == -signal.SIGKILL
-    assert all(is_alive(pid) for pid in workers)
+    assert all(is_running(pid) for pid in workers)
     assert answer_of(port).endswith(f"master {first.pid}")  # the old workers still answer
     second = dummies.start("dummy.py", *listen, "--name", "second", "--ready-line", "up")
     assert second.wait() == 1
@@ -569,7 +569,7 @@ def test_sigterm_to_the_master_stops_its_workers_first(
     assert running.wait() == 0
     assert running.remaining_lines() == ["dummy shutting down"]
     # The master waited for them: they are gone, not just signalled.
-    assert not any(is_alive(pid) for pid in workers)
+    assert not any(is_running(pid) for pid in workers)
 
 
 @pytest.mark.parametrize("value", ["8080", "localhost:", "host:http", "host:70000"])
