@@ -1096,7 +1096,7 @@ class Processes(Protocol):
     def readable(self, fd: int) -> Any: ...
     def shutdown_requests(self) -> Optional[socket.socket]: ...
     def tree(self, name: str, tag: str) -> ProcessTree: ...
-    def members(self, trees: List[Any]) -> List[Set[int]]: ...
+    def members(self, trees: List[Any], everywhere: bool = False) -> List[Set[int]]: ...
     def signal(self, tree: Any, members: Set[int], signame: str) -> bool: ...
     def kill(self, tree: Any, members: Set[int]) -> None: ...
     def release(self, trees: List[Any]) -> None: ...
@@ -1411,8 +1411,9 @@ class PosixProcesses:
             return SessionTree(tag)
         return CgroupTree(path)
 
-    def members(self, trees: List[Any]) -> List[Set[int]]:
-        """The live processes of each tree, exactly (a scan where there are no cgroups)."""
+    def members(self, trees: List[Any], everywhere: bool = False) -> List[Set[int]]:
+        """The live processes of each tree, exactly (a scan where there are no cgroups);
+        ``everywhere``: not only below us (the trees of a supervisor that was killed)."""
         found: List[Set[int]] = [set() for _ in trees]
         by_session: Dict[int, Set[int]] = {}
         by_tag: Dict[str, Set[int]] = {}
@@ -1424,7 +1425,11 @@ class PosixProcesses:
                 for sid in tree.sessions:
                     by_session[sid] = found[index]
         if by_tag:
-            _scan_sessions_and_tags(by_session, by_tag)
+            # As a subreaper, every process of our services is below us: an orphan comes
+            # home to us, so only our descendants need a look (not the whole system).
+            _scan_sessions_and_tags(by_session, by_tag,
+                                    _descendants() if self.is_subreaper and not everywhere
+                                    else None)
         return found
 
     def signal(self, tree: Any, members: Set[int], signame: str) -> bool:
@@ -1705,7 +1710,7 @@ class WindowsProcesses:
     def tree(self, name: str, tag: str) -> Any:
         return JobTree(tag)
 
-    def members(self, trees: List[Any]) -> List[Set[int]]:
+    def members(self, trees: List[Any], everywhere: bool = False) -> List[Set[int]]:
         found: List[Set[int]] = [set() for _ in trees]
         _scan_psutil({}, {tree.tag: found[index] for index, tree in enumerate(trees)})
         return found
@@ -2143,25 +2148,50 @@ def _write_file_quietly(path: str, data: bytes) -> None:
         _write_file(path, data)
 
 
-def _scan_sessions_and_tags(by_session: Dict[int, Set[int]], by_tag: Dict[str, Set[int]]) -> None:
-    """Add every live process to the set of its session id in ``by_session``, or else to the
-    set of its environment tag in ``by_tag``: one pass over /proc (psutil where it is missing)."""
+def _descendants() -> Optional[Set[int]]:
+    """Every process below this one, from the kernel's lists of each task's children; None
+    where the kernel keeps no such lists (CONFIG_PROC_CHILDREN)."""
+    me = os.getpid()
+    if not os.path.exists("/proc/%d/task/%d/children" % (me, me)):
+        return None
+    found: Set[int] = set()
+    todo = [me]
+    while todo:
+        pid = todo.pop()
+        try:
+            tasks = os.listdir("/proc/%d/task" % pid)
+        except OSError:
+            continue  # it exited meanwhile
+        for task in tasks:
+            for child in _read_pids("/proc/%d/task/%s/children" % (pid, task)) - found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _scan_sessions_and_tags(by_session: Dict[int, Set[int]], by_tag: Dict[str, Set[int]],
+                            candidates: Optional[Set[int]] = None) -> None:
+    """Add every live process (of ``candidates``, else of the system) to the set of its
+    session id in ``by_session``, or else to the set of its environment tag in ``by_tag``:
+    one pass over /proc (psutil where it is missing)."""
     if not os.path.isdir("/proc/self"):
         _scan_psutil(by_session, by_tag)
         return
     me = os.getpid()
     needle = b"\0" + SERVICE_TAG_ENV.encode() + b"="
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
+    pids = candidates if candidates is not None else \
+        (int(entry) for entry in os.listdir("/proc") if entry.isdigit())
+    for pid in pids:
+        if pid == me:
             continue
         try:
-            with open("/proc/%s/stat" % entry, "rb") as stat:
+            with open("/proc/%d/stat" % pid, "rb") as stat:
                 fields = stat.read().rsplit(b")", 1)[1].split()
             if fields[0] == b"Z":
                 continue  # a zombie is dead already
             members = by_session.get(int(fields[3]))
             if members is None:
-                with open("/proc/%s/environ" % entry, "rb") as environ_file:
+                with open("/proc/%d/environ" % pid, "rb") as environ_file:
                     environ = b"\0" + environ_file.read()
                 start = environ.find(needle)
                 if start < 0:
@@ -2173,7 +2203,7 @@ def _scan_sessions_and_tags(by_session: Dict[int, Set[int]], by_tag: Dict[str, S
         except (OSError, IndexError, ValueError):
             continue  # gone, or another user's process
         if members is not None:
-            members.add(int(entry))
+            members.add(pid)
 
 
 def _psutil_start_time(pid: int) -> Optional[float]:
@@ -3360,7 +3390,7 @@ class ServiceManager:
             # the old supervisor is gone, so its tag is unique: it finds escaped daemons too
             names = set(state["services"]) | set(self.services)
             for members in self.processes.members([SessionTree(state["tag_prefix"] + name)
-                                                   for name in names]):
+                                                   for name in names], everywhere=True):
                 left |= members
         if left:
             log("warning", "stopping %d processes left by a supervisor that was killed: %s"

@@ -76,7 +76,7 @@ class FakeProcesses:
     def tree(self, name: str, tag: str) -> FakeTree:
         return self.trees.setdefault(name, FakeTree(name))
 
-    def members(self, trees: List[Any]) -> List[Set[int]]:
+    def members(self, trees: List[Any], everywhere: bool = False) -> List[Set[int]]:
         return [set(tree.alive) for tree in trees]
 
     def signal(self, tree: Any, members: Set[int], signame: str) -> bool:
