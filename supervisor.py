@@ -48,6 +48,7 @@ import selectors
 import shlex
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -1097,6 +1098,7 @@ class Processes(Protocol):
     def shutdown_requests(self) -> Optional[socket.socket]: ...
     def tree(self, name: str, tag: str) -> ProcessTree: ...
     def members(self, trees: List[Any], everywhere: bool = False) -> List[Set[int]]: ...
+    def cgroup_left_by(self, supervisor_pid: int, name: str) -> Optional[Any]: ...
     def signal(self, tree: Any, members: Set[int], signame: str) -> bool: ...
     def kill(self, tree: Any, members: Set[int]) -> None: ...
     def release(self, trees: List[Any]) -> None: ...
@@ -1420,6 +1422,8 @@ class PosixProcesses:
         for index, tree in enumerate(trees):
             if isinstance(tree, CgroupTree):
                 found[index] = _read_pids(os.path.join(tree.path, "cgroup.procs"))
+            elif isinstance(tree, RecoveredTree):
+                found[index] = {pid for pid in tree.pids if _alive(pid)}
             else:
                 by_tag[tree.tag] = found[index]
                 for sid in tree.sessions:
@@ -1444,6 +1448,14 @@ class PosixProcesses:
 
     def kill(self, tree: Any, members: Set[int]) -> None:
         tree.kill(members)
+
+    def cgroup_left_by(self, supervisor_pid: int, name: str) -> Optional[Any]:
+        """The cgroup of service ``name`` of a supervisor that was killed, if there is one."""
+        home, _ = _cgroup2_home() if sys.platform.startswith("linux") else (None, set())
+        if home is None:
+            return None
+        path = os.path.join(home, "supervisor-%d" % supervisor_pid, name + ".service")
+        return CgroupTree(path) if os.path.isdir(path) and not os.path.islink(path) else None
 
     def release(self, trees: List[Any]) -> None:
         """Remove the cgroups (at exit; a re-exec keeps them)."""
@@ -1567,8 +1579,8 @@ class PosixProcesses:
         if pid is None:
             return None
         try:
-            with open("/proc/%d/stat" % pid, "rb") as stat:
-                return float(stat.read().rsplit(b")", 1)[1].split()[19])
+            with open("/proc/%d/stat" % pid, "rb") as stat_file:
+                return float(stat_file.read().rsplit(b")", 1)[1].split()[19])
         except (OSError, IndexError, ValueError):
             pass
         return _psutil_start_time(pid)
@@ -1618,6 +1630,35 @@ class PosixProcesses:
             return queue
         _set_parent_death_signal(signal.SIGTERM)
         return None
+
+
+class RecoveredTree:
+    """What a supervisor that was killed left of one service: processes proven to be its (see
+    ServiceManager.clean_up_after_a_crash), stopped before the service starts again."""
+
+    backend = "recovered"
+
+    def __init__(self, pids: Set[int], alive: Callable[[int], bool]):
+        self.pids = set(pids)
+        self._alive = alive
+
+    def begin(self, pid: int) -> None:
+        pass
+
+    def populated(self) -> bool:
+        self.pids = {pid for pid in self.pids if self._alive(pid)}
+        return bool(self.pids)
+
+    def settle(self, members: Set[int]) -> None:
+        pass
+
+    def kill(self, members: Set[int]) -> None:
+        for pid in self.pids | members:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
+
+    def remove(self) -> None:
+        pass
 
 
 class JobTree:
@@ -1712,8 +1753,15 @@ class WindowsProcesses:
 
     def members(self, trees: List[Any], everywhere: bool = False) -> List[Set[int]]:
         found: List[Set[int]] = [set() for _ in trees]
-        _scan_psutil({}, {tree.tag: found[index] for index, tree in enumerate(trees)})
+        _scan_psutil({}, {tree.tag: found[index] for index, tree in enumerate(trees)
+                          if not isinstance(tree, RecoveredTree)})
+        for index, tree in enumerate(trees):
+            if isinstance(tree, RecoveredTree):
+                found[index] = {pid for pid in tree.pids if self.alive(pid)}
         return found
+
+    def cgroup_left_by(self, supervisor_pid: int, name: str) -> Optional[Any]:
+        return None  # no cgroups here
 
     def signal(self, tree: Any, members: Set[int], signame: str) -> bool:
         """A stop request reaches a process group only, as CTRL_BREAK_EVENT (a lone process is
@@ -1722,7 +1770,7 @@ class WindowsProcesses:
             tree.kill(members)
             return True
         delivered = False
-        for pgid in tree.jobs:
+        for pgid in getattr(tree, "jobs", ()):
             delivered = self.send_group(pgid, signame) or delivered
         return delivered
 
@@ -2037,8 +2085,8 @@ def _signal_zero(kill: Callable[[int, int], None], target: int) -> bool:
 
 def _is_zombie(pid: int) -> bool:
     try:
-        with open("/proc/%d/stat" % pid, "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+        with open("/proc/%d/stat" % pid, "rb") as stat_file:
+            return stat_file.read().rsplit(b")", 1)[1].split()[0] == b"Z"
     except (OSError, IndexError):
         pass
     try:
@@ -2148,6 +2196,14 @@ def _write_file_quietly(path: str, data: bytes) -> None:
         _write_file(path, data)
 
 
+def _leads_session(pid: int) -> bool:
+    """Whether ``pid`` leads a session of its own, as every service's main process does."""
+    try:
+        return os.getsid(pid) == pid
+    except (OSError, AttributeError):
+        return False  # gone; or Windows, where a job holds a service instead
+
+
 def _descendants() -> Optional[Set[int]]:
     """Every process below this one, from the kernel's lists of each task's children; None
     where the kernel keeps no such lists (CONFIG_PROC_CHILDREN)."""
@@ -2185,8 +2241,8 @@ def _scan_sessions_and_tags(by_session: Dict[int, Set[int]], by_tag: Dict[str, S
         if pid == me:
             continue
         try:
-            with open("/proc/%d/stat" % pid, "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
+            with open("/proc/%d/stat" % pid, "rb") as stat_file:
+                fields = stat_file.read().rsplit(b")", 1)[1].split()
             if fields[0] == b"Z":
                 continue  # a zombie is dead already
             members = by_session.get(int(fields[3]))
@@ -2650,7 +2706,7 @@ class ServiceManager:
     # -- starting up
 
     def start(self, handoff: Optional[Dict[str, Any]] = None, respawn_count: int = 0,
-              config_path: str = "") -> None:
+              config_path: str = "", recovered: Optional[Dict[str, Set[int]]] = None) -> None:
         """Install the wake-ups, announce ourselves, then adopt handed-over services or start."""
         self.processes.take_charge()
         self._install_wakeups()
@@ -2664,10 +2720,41 @@ class ServiceManager:
         if handoff is not None:
             self._adopt(handoff)
         else:
-            for service in self.services.values():
-                if service.config.autostart:
-                    self._request_start(service)
+            self._start_all(dict(recovered or {}))
         self.processes.release_free_memory()  # what loading and starting freed
+
+    def _start_all(self, recovered: Dict[str, Set[int]]) -> None:
+        """Start every autostart service, each once what a killed predecessor left of it
+        (``recovered``) is gone."""
+        for service in self.services.values():
+            left = recovered.pop(service.name, set())
+            if left:
+                self._stop_recovered(service, left)
+            elif service.config.autostart:
+                self._request_start(service)
+        strays = set().union(*recovered.values()) if recovered else set()
+        if strays:  # of services this config no longer has
+            log("warning", "stopping %d processes left by a supervisor that was killed: %s"
+                % (len(strays), ", ".join(map(str, sorted(strays)))))
+            self.processes.terminate_strays(strays, timeout=10.0)
+
+    def _stop_recovered(self, service: Service, left: Set[int]) -> None:
+        """Stop what a killed supervisor left of ``service`` (its own stop_signal and
+        stop_timeout), then start it: never two instances at once."""
+        log("warning", "stopping %d processes left by a supervisor that was killed: %s"
+            % (len(left), ", ".join(map(str, sorted(left)))), service.name)
+        service.tree = RecoveredTree(left, self.processes.alive)
+        service.transition("stopping", State.STOPPING, pid=None,
+                           signal=service.config.stop_signal)
+
+        def then() -> None:
+            service.tree = None  # its own tree from now on
+            if service.config.autostart:
+                self._request_start(service)
+        service.after_stop = then
+        for pid in left:  # not our children: their exits wake us through pidfds, where any
+            self._watch(pid)
+        self._empty_tree(service, None, left)
 
     def watch_parent(self, parent_pid: int) -> None:
         """Shut down when the process that started us goes away (--exit-with-parent)."""
@@ -3031,8 +3118,10 @@ class ServiceManager:
                                       else service.config.stop_signal)
             else:
                 self._drained(service)
-        if any(s.drain is not None for s in draining) and not self.processes.orphans_come_home \
-                and self._recheck is None:
+        unwatched = [s for s in draining if s.drain is not None and (
+            not self.processes.orphans_come_home or isinstance(s.tree, RecoveredTree)
+            and not s.tree.pids <= set(self._watches))]
+        if unwatched and self._recheck is None:
             # what is left cannot wake us when it exits (not re-parented to us): look again
             self._recheck = self.timers.call_later(ORPHAN_RECHECK_INTERVAL, self._recheck_done)
 
@@ -3318,17 +3407,26 @@ class ServiceManager:
 
     # -- the state file: what a SIGKILLed supervisor left running
 
-    def state_path(self) -> str:
+    def state_path(self) -> Optional[str]:
+        """Where the state file goes: ``state_file``, else beside the control socket, else in
+        the user's private runtime folder; None (with a warning) where its folder is open to
+        other users, who could plant a file naming processes for us to kill."""
         settings = self.config.supervisor
         if settings.state_file:
-            return settings.state_file
-        if settings.control_socket:
-            return settings.control_socket + ".state"
-        folder = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-        path = os.path.abspath(self.config.path)
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(path))
-        return os.path.join(folder, "supervisor-%s-%08x.state" % (
-            name, binascii.crc32(path.encode())))
+            path = os.path.abspath(settings.state_file)
+        elif settings.control_socket:
+            path = os.path.abspath(settings.control_socket) + ".state"
+        else:
+            config_path = os.path.realpath(self.config.path)
+            path = os.path.join(runtime_folder(), "%s-%08x.state" % (
+                re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(config_path))[:24],
+                binascii.crc32(config_path.encode())))
+        try:
+            private_folder(os.path.dirname(path), create=not settings.state_file)
+        except OSError as exc:
+            log("warning", "no state file, so no recovery after a SIGKILL: %s" % exc)
+            return None
+        return path
 
     def _state_changed(self) -> None:
         """Write the state file now, or, right after a write, once STATE_WRITE_DELAY has
@@ -3351,16 +3449,15 @@ class ServiceManager:
             self._start_times[pid] = self.processes.start_time(pid)
         self._start_times = {pid: self._start_times[pid] for pid in live}
         me = os.getpid()
-        state = {"supervisor": {"pid": me, "start_time": self._start_times[me]},
+        state = {"version": STATE_VERSION,
+                 "supervisor": {"pid": me, "start_time": self._start_times[me]},
                  "tag_prefix": self.tag_prefix,
                  "services": {s.name: {"pid": s.pid, "start_time": self._start_times[s.pid]}
                               for s in self.services.values() if s.pid is not None}}
         try:
-            with open(path + ".tmp", "w") as state_file:
-                json.dump(state, state_file)
-            os.replace(path + ".tmp", path)
+            write_private_file(path, json.dumps(state).encode())
         except OSError as exc:
-            log("warning", "cannot write the state file %s: %s" % (path, exc.strerror))
+            log("warning", "cannot write the state file %s: %s" % (path, exc.strerror or exc))
 
     def remove_state(self) -> None:
         if self.state_file:
@@ -3369,33 +3466,56 @@ class ServiceManager:
             except OSError:
                 pass
 
-    def clean_up_after_a_crash(self) -> None:
-        """Stop what a killed supervisor of this config left running, so no service ever runs
-        twice; refuse to start if that supervisor is in fact still alive."""
+    def clean_up_after_a_crash(self) -> Dict[str, Set[int]]:
+        """What a killed supervisor of this config left running, service by service, so that
+        no service ever runs twice (``start`` stops each before starting it); refuse to start
+        if that supervisor is in fact still running.
+
+        A pid is taken for one of ours only when two things prove it: its start time is the
+        one recorded (or, for what the old tree started later, after the old supervisor's),
+        and it belongs to the old service (its session, or the old supervisor's own tag, or
+        its cgroup). The state file is trusted only as far as read_state_file allows."""
+        path = self.state_file
+        if path is None:
+            return {}
         try:
-            with open(self.state_path()) as state_file:
-                state = json.load(state_file)
-            owner = state["supervisor"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return
-        if owner["pid"] != os.getpid() and owner["start_time"] is not None \
-                and self.processes.start_time(owner["pid"]) == owner["start_time"] \
-                and self.processes.alive(owner["pid"]):  # a zombie is not running anything
+            state = read_state_file(path)
+        except ValueError as exc:
+            log("warning", "ignoring the state file %s: %s" % (path, exc))
+            self.events.emit("state_file_rejected", None, path=path, error=str(exc))
+            return {}
+        if state is None:
+            return {}
+        owner = state["supervisor"]
+        started = self.processes.start_time(owner["pid"])
+        same_owner = started is not None and started == owner["start_time"]
+        if owner["pid"] == os.getpid():
+            return {}  # our own file (a re-exec that lost its handoff): nothing to recover
+        if same_owner and self.processes.alive(owner["pid"]):
             raise ControlError("a supervisor (pid %d) is already running this config; state "
-                               "file %s" % (owner["pid"], self.state_path()))
-        left = {saved["pid"] for saved in state["services"].values()
-                if saved["start_time"] is not None
-                and self.processes.start_time(saved["pid"]) == saved["start_time"]}
-        if owner["pid"] != os.getpid() and self.processes.start_time(owner["pid"]) is None:
-            # the old supervisor is gone, so its tag is unique: it finds escaped daemons too
-            names = set(state["services"]) | set(self.services)
-            for members in self.processes.members([SessionTree(state["tag_prefix"] + name)
-                                                   for name in names], everywhere=True):
-                left |= members
-        if left:
-            log("warning", "stopping %d processes left by a supervisor that was killed: %s"
-                % (len(left), ", ".join(map(str, sorted(left)))))
-            self.processes.terminate_strays(left, timeout=10.0)
+                               "file %s" % (owner["pid"], path))
+        left: Dict[str, Set[int]] = {}
+        for name, saved in state["services"].items():
+            if self.processes.start_time(saved["pid"]) == saved["start_time"] \
+                    and _leads_session(saved["pid"]):
+                left.setdefault(name, set()).add(saved["pid"])
+        if (started is None or same_owner) and owner["start_time"] is not None:
+            # The old supervisor is gone (or a zombie, holding its pid): nobody else can be
+            # using its tag or its cgroups, which find what escaped its sessions too.
+            names, trees = [], []
+            for name in sorted(set(state["services"]) | set(self.services)):
+                tree = SessionTree(state["tag_prefix"] + name)
+                if name in state["services"]:
+                    tree.begin(state["services"][name]["pid"])
+                cgroup = self.processes.cgroup_left_by(owner["pid"], name)
+                names += [name] * (1 + (cgroup is not None))
+                trees += [tree] + ([cgroup] if cgroup is not None else [])
+            for name, members in zip(names, self.processes.members(trees, everywhere=True)):
+                born = {pid for pid in members if (self.processes.start_time(pid) or -1.0)
+                        >= owner["start_time"]}
+                if born:
+                    left.setdefault(name, set()).update(born)
+        return left
 
     # -- handing over to a re-executed image
 
@@ -3513,6 +3633,111 @@ def _drain(sock: socket.socket) -> None:
             pass
     except (BlockingIOError, InterruptedError):
         pass
+
+
+# --------------------------------------------------------------------------- the state file
+
+STATE_VERSION = 2
+MAX_STATE_BYTES = 1 << 20
+
+
+def runtime_folder() -> str:
+    """The user's private folder for sockets and state: $XDG_RUNTIME_DIR/supervisor, else
+    ~/.supervisor (never the shared temp folder, where others could plant files)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime):
+        return os.path.join(runtime, "supervisor")
+    return os.path.join(os.path.expanduser("~"), ".supervisor")
+
+
+def private_folder(folder: str, create: bool = True) -> None:
+    """Make ``folder`` (0700), or accept the one there only if it is a folder, not a link,
+    ours, and closed to others; raise OSError saying what is wrong otherwise."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.makedirs(folder, mode=0o700)
+    try:
+        info = os.lstat(folder)
+    except OSError as exc:
+        raise OSError(exc.errno, "folder %s: %s" % (folder, exc.strerror)) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise OSError(errno.ENOTDIR, "%s is a link or a file, not a folder" % folder)
+    if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o022):
+        raise OSError(errno.EPERM, "folder %s must belong to you and be writable by you alone "
+                      "(chmod 700)" % folder)
+
+
+def write_private_file(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` through a file made exclusively (0600, never a link
+    followed) in the same folder, renamed over it."""
+    fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".state-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def read_state_file(path: str) -> Optional[Dict[str, Any]]:
+    """The state file's content, checked field by field; None if there is none; ValueError
+    saying what is wrong if it cannot be trusted (not ours, open to others, a link, not what
+    we write)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ValueError("cannot open it (%s)" % (
+            "it is a link" if exc.errno == errno.ELOOP else exc.strerror)) from None
+    with os.fdopen(fd, "rb") as state_file:
+        info = os.fstat(state_file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("it is not a regular file")
+        if hasattr(os, "getuid") and info.st_uid != os.getuid():
+            raise ValueError("it belongs to uid %d, not to us (uid %d)"
+                             % (info.st_uid, os.getuid()))
+        if info.st_mode & 0o022:
+            raise ValueError("others may write it (mode %o)" % (info.st_mode & 0o777))
+        text = state_file.read(MAX_STATE_BYTES + 1)
+    if len(text) > MAX_STATE_BYTES:
+        raise ValueError("it is larger than %d bytes" % MAX_STATE_BYTES)
+    try:
+        state = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError("not JSON: %s" % exc) from None
+    _check_state(state)
+    return state  # type: ignore[no-any-return]
+
+
+def _check_state(state: Any) -> None:
+    def pid_record(value: Any, where: str) -> None:
+        if not isinstance(value, dict) or set(value) != {"pid", "start_time"}:
+            raise ValueError("%s: expected {pid, start_time}" % where)
+        pid, started = value["pid"], value["start_time"]
+        if type(pid) is not int or not 1 < pid < 1 << 22:
+            raise ValueError("%s.pid: expected a process id, got %r" % (where, pid))
+        if started is not None and (type(started) not in (int, float) or started < 0
+                                    or started != started or started == math.inf):
+            raise ValueError("%s.start_time: expected a number, got %r" % (where, started))
+
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise ValueError("not a state file of version %d" % STATE_VERSION)
+    if set(state) != {"version", "supervisor", "tag_prefix", "services"}:
+        raise ValueError("expected the keys version, supervisor, tag_prefix, services")
+    pid_record(state["supervisor"], "supervisor")
+    if state["tag_prefix"] != "%d/" % state["supervisor"]["pid"]:
+        raise ValueError("tag_prefix: expected %r, got %r"
+                         % ("%d/" % state["supervisor"]["pid"], state["tag_prefix"]))
+    services = state["services"]
+    if not isinstance(services, dict):
+        raise ValueError("services: expected a mapping")
+    for name, saved in services.items():
+        if not _SERVICE_NAME.fullmatch(name):
+            raise ValueError("services: %r is not a service name" % name)
+        pid_record(saved, "services.%s" % name)
 
 
 # --------------------------------------------------------------------------- control socket
@@ -3995,9 +4220,10 @@ class Runner:
         parent_pid = handoff["parent_pid"] if handoff else (
             os.getppid() if self.args.exit_with_parent else None)
         manager.state_file = manager.state_path()
+        recovered: Dict[str, Set[int]] = {}
         try:
             if handoff is None:
-                manager.clean_up_after_a_crash()
+                recovered = manager.clean_up_after_a_crash()
             manager.open_control(handoff["control"] if handoff else None)
         except (ControlError, OSError) as exc:
             if handoff is None:
@@ -4006,7 +4232,8 @@ class Runner:
             # services were handed over: supervising them matters more than being reachable
             log("error", "control socket lost across the re-exec: %s" % exc)
         try:
-            manager.start(handoff, respawn_count=respawn_count, config_path=self.config_path)
+            manager.start(handoff, respawn_count=respawn_count, config_path=self.config_path,
+                          recovered=recovered)
         except StartRefused as exc:
             log("error", "cannot start: %s" % exc)
             manager.close()

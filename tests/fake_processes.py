@@ -79,6 +79,9 @@ class FakeProcesses:
     def members(self, trees: List[Any], everywhere: bool = False) -> List[Set[int]]:
         return [set(tree.alive) for tree in trees]
 
+    def cgroup_left_by(self, supervisor_pid: int, name: str) -> Optional[Any]:
+        return None
+
     def signal(self, tree: Any, members: Set[int], signame: str) -> bool:
         self.signals.append((tree.name, signame))
         return True
