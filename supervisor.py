@@ -3424,7 +3424,8 @@ class ServiceManager:
         try:
             private_folder(os.path.dirname(path), create=not settings.state_file)
         except OSError as exc:
-            log("warning", "no state file, so no recovery after a SIGKILL: %s" % exc)
+            log("warning", "no state file, so no recovery after a SIGKILL: %s"
+                % (exc.strerror or exc))
             return None
         return path
 
