@@ -1278,13 +1278,13 @@ class Inotify:
 class PosixProcesses:
     """Process control on POSIX systems: the one place that knows about sessions and signals.
 
-    Exit detection: on Linux each child gets a pidfd (probed, not assumed) that wakes the
-    loop the moment it exits and lets us signal it without a PID-reuse race; SIGCHLD,
-    delivered through ``signal.set_wakeup_fd``, wakes the loop everywhere (it is the only
-    wake-up where pidfds are missing, and it covers orphans re-parented to us). Children are
-    reaped with ``waitpid(-1, WNOHANG)``: every child of this process is ours, and on Linux
-    the supervisor is a child subreaper, so orphans of its services come home to be reaped
-    and their deaths wake us too.
+    Exit detection: SIGCHLD, delivered through ``signal.set_wakeup_fd``, wakes the loop the
+    moment a child exits, ours or an orphan re-parented to us, at no descriptor per service.
+    Children are reaped with ``waitpid(-1, WNOHANG)``: every child of this process is ours,
+    and on Linux the supervisor is a child subreaper, so orphans of its services come home to
+    be reaped and their deaths wake us too. A process that is not our child (what a killed
+    predecessor left) is watched through a pidfd where the kernel has them (probed, not
+    assumed); the parent we exit with, likewise.
 
     Each service's processes are a tree (``tree()``): a cgroup of its own where cgroup v2 is
     writable, else its sessions and environment tag (CgroupTree, SessionTree).
@@ -2995,9 +2995,10 @@ class ServiceManager:
         self.processes.kill(service.tree, self._members([service])[0] | {service.pid})
 
     def _track(self, service: Service, pid: int) -> None:
+        """Our child's exit wakes the loop through SIGCHLD (or the Windows wait thread), so it
+        costs no descriptor of its own; only processes that are not our children get a watch."""
         service.pid = pid
         self._by_pid[pid] = service
-        self._watch(pid)
 
     def _watch(self, pid: int) -> None:
         fd = self.processes.watch(pid)
