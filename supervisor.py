@@ -1223,7 +1223,12 @@ def _alive(pid: int) -> bool:
     return _signal_zero(os.kill, pid) and not _is_zombie(pid)
 
 
-TREE_BACKEND_ENV = "SUPERVISOR_TREE_BACKEND"  # auto (default) | cgroup | session
+TREE_BACKEND_ENV = "SUPERVISOR_TREE_BACKEND"
+TREE_BACKENDS = ("auto", "cgroup", "session")
+
+
+class StartRefused(Exception):
+    """The supervisor cannot start as asked (exit 2): the message says why."""
 
 
 def _cgroup2_home() -> Tuple[Optional[str], Set[str]]:
@@ -1302,14 +1307,18 @@ class PosixProcesses:
         process between cgroups wait for an RCU grace period (about 10 ms) unless cgroup2 is
         mounted with ``favordynmods`` (Linux 6.0+): a respawn would cost that much. So
         ``auto`` takes cgroups only where moves are cheap; ``cgroup`` takes them anyway."""
-        self.is_subreaper = _become_subreaper()
         wanted = os.environ.get(TREE_BACKEND_ENV, "auto")
+        if wanted not in TREE_BACKENDS:
+            raise StartRefused("%s=%s: expected one of %s%s" % (
+                TREE_BACKEND_ENV, wanted, ", ".join(TREE_BACKENDS),
+                _did_you_mean(wanted, TREE_BACKENDS)))
+        self.is_subreaper = _become_subreaper()
         if wanted == "session":
             return
         home, options = _cgroup2_home() if sys.platform.startswith("linux") else (None, set())
         try:
             if home is None:
-                raise OSError(errno.ENOENT, "no cgroup v2 hierarchy")
+                raise OSError(errno.ENOENT, "no cgroup v2 hierarchy is mounted")
             if wanted != "cgroup" and "favordynmods" not in options:
                 log("info", "process trees: sessions, not cgroups (cgroup v2 is mounted without "
                     "favordynmods, so each spawn would wait ~10 ms for the kernel; %s=cgroup "
@@ -1318,8 +1327,8 @@ class PosixProcesses:
             self._use_cgroups(home)
         except OSError as exc:
             if wanted == "cgroup":
-                raise OSError(exc.errno, "%s=cgroup, but no writable cgroup v2: %s"
-                              % (TREE_BACKEND_ENV, exc.strerror or exc)) from None
+                raise StartRefused("%s=cgroup, but cgroup v2 cannot be used here: %s"
+                                   % (TREE_BACKEND_ENV, exc.strerror or exc)) from None
 
     def _use_cgroups(self, home: str) -> None:
         folder = os.path.join(home, "supervisor-%d" % os.getpid())
@@ -3966,7 +3975,12 @@ class Runner:
                 return EXIT_FAILURE
             # services were handed over: supervising them matters more than being reachable
             log("error", "control socket lost across the re-exec: %s" % exc)
-        manager.start(handoff, respawn_count=respawn_count, config_path=self.config_path)
+        try:
+            manager.start(handoff, respawn_count=respawn_count, config_path=self.config_path)
+        except StartRefused as exc:
+            log("error", "cannot start: %s" % exc)
+            manager.close()
+            return EXIT_USAGE
         if parent_pid is not None:
             manager.watch_parent(parent_pid)
         while True:

@@ -31,6 +31,7 @@ from bench_subjects import (
     Service,
     Subject,
     crashing_services,
+    forking_services,
     python_services,
     sleep_services,
     tagged_processes,
@@ -283,6 +284,108 @@ def respawn_10_of_20(bench: Bench, subjects: Sequence[Subject]) -> Dict[str, Out
     return respawn(bench, subjects, lambda: sleep_services(20), 10)
 
 
+# --------------------------------------------------------------------------- leftovers
+
+LEFT_CHILDREN = 10
+
+
+def respawn_leaving_children(bench: Bench, subjects: Sequence[Subject]) -> Dict[str, Outcome]:
+    """One service whose main process has 10 children; SIGKILL the main process, trial
+    after trial: time until the replacement has exec'd, and how many of the 10 were still
+    running at that moment (a supervisor that stops what is left before the restart: 0).
+
+    Every subject runs at the same time, taking turns in a new random order each round.
+    Children a subject leaves are killed by the benchmark after each trial, so that they
+    do not pile up.
+    """
+    latencies: Dict[str, List[float]] = {s.name: [] for s in subjects}
+    leftovers: Dict[str, List[int]] = {s.name: [] for s in subjects}
+    outcomes: Dict[str, Outcome] = {}
+    trials = bench.settings.respawn_trials
+    with contextlib.ExitStack() as stack:
+        runs: Dict[str, Run] = {}
+        for subject in subjects:
+            run = stack.enter_context(
+                bench.running(subject, forking_services(1, LEFT_CHILDREN)))
+            try:
+                bench.wait_running(run, 1, STARTUP_TIMEOUT)
+                runs[subject.name] = run
+            except Skipped as exc:
+                outcomes[subject.name] = exc
+        time.sleep(SETTLE)
+        for _ in range(trials):
+            turns = list(runs.items())
+            random.shuffle(turns)
+            for name, run in turns:
+                _pause()
+                try:
+                    latency, left = _kill_leaving_children(bench, run)
+                except Skipped as exc:
+                    outcomes[name] = exc
+                    del runs[name]  # it failed a trial: it takes no more
+                    continue
+                latencies[name].append(latency)
+                leftovers[name].append(left)
+    for name, values in latencies.items():
+        if name in outcomes:
+            continue
+        figures = spread(values, "ms", 1e3)
+        figures["leftovers_max"] = Figure(max(leftovers[name]), "count")
+        figures["leftovers_total"] = Figure(sum(leftovers[name]), "count")
+        outcomes[name] = figures
+    return outcomes
+
+
+def _kill_leaving_children(bench: Bench, run: Run) -> Tuple[float, int]:
+    """SIGKILL the service's main process once its children run; (seconds until the
+    replacement exec'd, how many of the children were still running then)."""
+    main, children = _main_with_children(bench, run, LEFT_CHILDREN)
+    bench.observer.track_exits(children)
+    watch = run.watch
+    first = len(watch.spawns)
+    sent = time.monotonic_ns()
+    os.kill(main, signal.SIGKILL)
+    try:
+        if not bench.observer.wait_until(
+                lambda: any(s.ts > sent for s in watch.spawns[first:]), RESPAWN_TIMEOUT):
+            raise Skipped("no replacement within %.0f s of a kill" % RESPAWN_TIMEOUT)
+        replaced = min(s.ts for s in watch.spawns[first:] if s.ts > sent)
+        with bench.observer.changed:
+            ends = [bench.observer.exit_times.get(pid) for pid in children]
+        left = sum(1 for end in ends if end is None or end > replaced)
+    finally:
+        for pid in children:
+            _kill(pid)
+        bench.observer.untrack_exits(children)
+    return (replaced - sent) / NS, left
+
+
+def _main_with_children(bench: Bench, run: Run, count: int, main: Optional[int] = None
+                        ) -> Tuple[int, List[int]]:
+    """A service's main process (``main``, or any), once it has exec'd ``sleep`` with
+    ``count`` children; and their pids."""
+    deadline = time.monotonic() + RESPAWN_TIMEOUT
+    while time.monotonic() < deadline:
+        for pid in [main] if main is not None else list(run.watch.alive):
+            try:
+                process = psutil.Process(pid)
+                children = [child.pid for child in process.children()]
+                if process.name() == "sleep" and len(children) == count:
+                    return pid, children
+            except psutil.Error:
+                continue  # it ended meanwhile: its replacement will be looked at
+        time.sleep(0.005)
+    raise Skipped("no service process with %d children within %.0f s"
+                  % (count, RESPAWN_TIMEOUT))
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 # --------------------------------------------------------------------------- start-up
 
 def startup(bench: Bench, subjects: Sequence[Subject], count: int) -> Dict[str, Outcome]:
@@ -357,6 +460,60 @@ def shutdown(bench: Bench, subjects: Sequence[Subject], count: int) -> Dict[str,
     return outcomes
 
 
+def shutdown_trees(bench: Bench, subjects: Sequence[Subject], count: int, children: int
+                   ) -> Dict[str, Outcome]:
+    """SIGTERM the supervisor whose ``count`` services have ``children`` children each; time
+    until it and every one of those processes have exited."""
+    stops: Dict[str, List[Dict[str, float]]] = {s.name: [] for s in subjects}
+
+    def trial(bench: Bench, subject: Subject) -> float:
+        with bench.running(subject, forking_services(count, children)) as run:
+            bench.wait_running(run, count, STARTUP_TIMEOUT)
+            tree = [pid for main in list(run.watch.alive)
+                    for pid in _main_with_children(bench, run, children, main)[1]]
+            tree += list(run.watch.alive)
+            time.sleep(SETTLE)
+            bench.observer.track_exits(tree)
+            try:
+                stop = _terminate(bench, run)
+                bench.observer.wait_until(
+                    lambda: None not in (bench.observer.exit_times.get(p) for p in tree),
+                    SHUTDOWN_TIMEOUT)
+                with bench.observer.changed:
+                    ends = [bench.observer.exit_times.get(pid) for pid in tree]
+            finally:
+                bench.observer.untrack_exits(tree)
+        exited = run.watch.supervisor_exit
+        assert exited is not None  # _terminate waited for it
+        sent = int(stop["sent_ns"])
+        stop["tree"] = len(tree)
+        stop["tree_outlived"] = sum(1 for end in ends if end is None or end > exited)
+        if None in ends:
+            stop["all_gone"] = SHUTDOWN_TIMEOUT
+        else:
+            stop["all_gone"] = (max([exited, *(end for end in ends if end)]) - sent) / NS
+        stops[subject.name].append(stop)
+        return stop["all_gone"]
+
+    gone, outcomes = alternate(bench, subjects, bench.settings.shutdown_trials, trial)
+    for name, values in gone.items():
+        if name in outcomes:
+            continue
+        own_exit = [stop["supervisor_exit"] for stop in stops[name]]
+        figures = {"all_gone": Figure(round(statistics.median(values) * 1e3, 2), "ms"),
+                   "all_gone_max": Figure(round(max(values) * 1e3, 2), "ms"),
+                   "supervisor_exit": Figure(round(statistics.median(own_exit) * 1e3, 2), "ms"),
+                   "processes": Figure(int(stops[name][0]["tree"]), "count"),
+                   # processes of the trees that ended after the supervisor, or never
+                   "outlived_supervisor": Figure(
+                       int(sum(stop["tree_outlived"] for stop in stops[name])), "count"),
+                   "left_behind": Figure(
+                       int(sum(stop["left_behind"] for stop in stops[name])), "count"),
+                   "trials": Figure(len(values), "count")}
+        outcomes[name] = figures
+    return outcomes
+
+
 def _leftover_figures(outlived: int, left: int, respawned: int) -> Dict[str, Figure]:
     return {"outlived_supervisor": Figure(outlived, "count"),
             "left_behind": Figure(left, "count"),
@@ -377,7 +534,8 @@ def _terminate(bench: Bench, run: Run) -> Dict[str, float]:
     left_behind = len(tagged_processes(run.tag))
     exits = [ts for _, ts in watch.exits if ts > sent]
     last = max([*exits, watch.supervisor_exit])
-    return {"all_gone": (last - sent) / NS if finished else SHUTDOWN_TIMEOUT,
+    return {"sent_ns": sent,
+            "all_gone": (last - sent) / NS if finished else SHUTDOWN_TIMEOUT,
             "supervisor_exit": (watch.supervisor_exit - sent) / NS,
             "outlived": sum(1 for ts in exits if ts > watch.supervisor_exit) + len(watch.alive),
             "left_behind": left_behind,

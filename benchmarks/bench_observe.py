@@ -24,7 +24,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import psutil
 
@@ -70,6 +70,9 @@ class Observer:
     def __init__(self) -> None:
         self.changed = threading.Condition()
         self._watches: Dict[int, Watch] = {}
+        # Any process's end, for those a measurement asked about (a service's own children):
+        # pid -> CLOCK_MONOTONIC ns of its exit, None while it runs.
+        self.exit_times: Dict[int, Optional[int]] = {}
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
 
@@ -85,6 +88,24 @@ class Observer:
     def forget(self, pid: int) -> None:
         with self.changed:
             self._watches.pop(pid, None)
+
+    def track_exits(self, pids: Iterable[int]) -> None:
+        """Note in ``exit_times`` when each of ``pids`` exits. One already gone counts as
+        having exited now (it ended before the watch began)."""
+        pids = list(pids)
+        with self.changed:
+            for pid in pids:
+                self.exit_times[pid] = None
+        now = time.monotonic_ns()
+        with self.changed:
+            for pid in pids:
+                if self.exit_times.get(pid) is None and not _running(pid):
+                    self.exit_times[pid] = now
+
+    def untrack_exits(self, pids: Iterable[int]) -> None:
+        with self.changed:
+            for pid in pids:
+                self.exit_times.pop(pid, None)
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Block until ``predicate()`` holds (checked whenever something is seen) or timeout."""
@@ -209,7 +230,10 @@ class ProcConnectorObserver(Observer):
             own = self._watches.get(pid)
             if own is not None:
                 own.supervisor_exit = ts
-            if watch is not None or own is not None:
+            tracked = pid in self.exit_times and self.exit_times[pid] is None
+            if tracked:
+                self.exit_times[pid] = ts
+            if watch is not None or own is not None or tracked:
                 self.changed.notify_all()
 
 
@@ -236,9 +260,22 @@ class PollingObserver(Observer):
                 watches = list(self._watches.values())
             for watch in watches:
                 self._poll(watch)
+            self._poll_exits()
             self._busy_ns += time.monotonic_ns() - began
             self._cycles += 1
             time.sleep(self.INTERVAL)
+
+    def _poll_exits(self) -> None:
+        with self.changed:
+            running = [pid for pid, ts in self.exit_times.items() if ts is None]
+        ended = [pid for pid in running if not _running(pid)]
+        if ended:
+            now = time.monotonic_ns()
+            with self.changed:
+                for pid in ended:
+                    if pid in self.exit_times:
+                        self.exit_times[pid] = now
+                self.changed.notify_all()
 
     def _poll(self, watch: Watch) -> None:
         try:
@@ -283,6 +320,15 @@ def open_observer(preferred: str) -> Observer:
                 raise SystemExit("cannot listen to the proc connector (%s); it needs root or "
                                  "CAP_NET_ADMIN: use --observer psutil-polling" % exc) from exc
     return PollingObserver().start()
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie has)."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
 
 
 def cpu_seconds(pid: int) -> float:

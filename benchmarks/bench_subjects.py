@@ -68,6 +68,15 @@ def python_services(count: int) -> List[Service]:
             for i in range(count)]
 
 
+def forking_services(count: int, children: int) -> List[Service]:
+    """Services whose main process starts ``children`` sleeping children, then becomes a
+    ``sleep`` itself: killing it leaves them behind unless the supervisor stops them."""
+    sh = _program("sh")
+    script = ('i=0; while [ "$i" -lt %d ]; do sleep 1000000 & i=$((i + 1)); done; '
+              'exec sleep 1000000' % children)
+    return [Service("tree%04d" % i, (sh, "-c", script, "tree%04d" % i)) for i in range(count)]
+
+
 def crashing_services(count: int) -> List[Service]:
     """Services that exit with status 1 about 10 ms after they start."""
     sh = _program("sh")

@@ -69,6 +69,10 @@ BENCHMARKS = [
         measure.idle, count=1000), False),
     Benchmark("shutdown_100", "shutdown", "SIGTERM with 100 services",
               functools.partial(measure.shutdown, count=100), True),
+    Benchmark("respawn_leaving_10", "trees", "respawn after SIGKILL of a main process that "
+              "leaves 10 children", measure.respawn_leaving_children, True),
+    Benchmark("shutdown_100_trees", "trees", "SIGTERM with 100 services of 5 children each",
+              functools.partial(measure.shutdown_trees, count=100, children=5), True),
     Benchmark("storm", "storm", "crash storm, 100 services crashing 10 ms after start, "
               "restarted at once", measure.storm, True),
     Benchmark("storm_backoff", "storm", "crash storm with backoff 0.1 s x2 up to 1 s",

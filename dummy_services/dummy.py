@@ -11,7 +11,15 @@ Usage: python dummy.py [FLAG ...]. With no flag it sleeps until a signal ends it
   --daemon              start a helper that leaves the group and the session (POSIX: double
                         fork and setsid; Windows: a detached process, out of the job object
                         if the job allows it), its stdio on the null device
-  --pids-file PATH      append "ROLE PID" lines to PATH: main, grandchild, daemon
+  --workers N           like nginx: fork N workers, each of which re-execs this script with
+                        an empty environment (like `env -i`); on SIGTERM/SIGINT the master
+                        stops its workers, waits for them and exits 0 (POSIX only)
+  --worker-setsid       the workers also call setsid first: their own session and group
+  --listen HOST:PORT    the master binds and listens on HOST:PORT before anything else (and
+                        fails with "NAME bind() to HOST:PORT failed (...)" on stderr and exit
+                        1 if the port is taken); the workers inherit the socket and answer
+                        each connection with "NAME pid PID master MPID"
+  --pids-file PATH      append "ROLE PID" lines to PATH: main, grandchild, daemon, worker
   --alloc-mb-per-s R    allocate and touch R MB of memory per second, holding it, until
   --max-mb M            M MB are held (default 200), then print "NAME allocated M MB"
   --burn-cpu            busy-loop on one core
@@ -37,6 +45,10 @@ import os
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socket
 
 EXIT_UNSUPPORTED = 64
 MEGABYTE = 1024 * 1024
@@ -61,6 +73,7 @@ SIGNALS_INTERRUPT_SLEEP = hasattr(signal, "pause")
 WAIT_SLICE = 0.1
 
 CAN_FORK_DAEMON = hasattr(os, "fork") and hasattr(os, "setsid")
+EXIT_BIND_FAILED = 1
 
 
 class StopRequested(BaseException):
@@ -157,6 +170,13 @@ def count(text: str) -> int:
     return value
 
 
+def host_port(text: str) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
 def _float(text: str) -> float:
     try:
         return float(text)
@@ -175,6 +195,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shutdown-delay", type=non_negative, metavar="SECONDS")
     parser.add_argument("--grandchildren", type=count, default=0, metavar="K")
     parser.add_argument("--daemon", action="store_true")
+    parser.add_argument("--workers", type=count, default=0, metavar="N")
+    parser.add_argument("--worker-setsid", action="store_true")
+    parser.add_argument("--listen", type=host_port, metavar="HOST:PORT")
     parser.add_argument("--pids-file", metavar="PATH")
     parser.add_argument("--alloc-mb-per-s", type=positive, metavar="RATE")
     parser.add_argument("--max-mb", type=count, default=200, metavar="M")
@@ -183,6 +206,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ready-file", metavar="PATH")
     parser.add_argument("--heartbeat", type=positive, metavar="SECONDS")
     parser.add_argument("--name", default="dummy")
+    # How a master starts its workers; not for direct use.
+    parser.add_argument("--serve-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--master", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.pids_file is not None:
         # The POSIX daemon moves to "/" before it records its pid.
@@ -200,10 +226,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.daemon and not can_start_daemon():
         say(args.name, "--daemon needs os.fork or Windows process creation flags", error=True)
         return EXIT_UNSUPPORTED
+    if args.workers and not CAN_FORK_DAEMON:
+        say(args.name, "--workers needs os.fork and os.setsid", error=True)
+        return EXIT_UNSUPPORTED
+    if args.serve_fd is not None:
+        return serve(args)
+    workers: list[int] = []
     try:
         set_signal_dispositions(args)
+        listener = listen(args)
+        if args.listen is not None and listener is None:
+            return EXIT_BIND_FAILED
         if args.pids_file is not None:
             record_pid(args.pids_file, "main", os.getpid())
+        start_workers(args, listener, workers)
         start_grandchildren(args)
         if args.daemon:
             start_daemon(args)
@@ -211,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(args, started)
     except StopRequested:
         say(args.name, "shutting down")
-        time.sleep(args.shutdown_delay)
+        stop_workers(workers)
+        time.sleep(args.shutdown_delay or 0)
         return 0
 
 
@@ -219,7 +256,7 @@ def set_signal_dispositions(args: argparse.Namespace) -> None:
     if args.ignore_sigterm:
         for signum in TERMINATION_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
-    if args.shutdown_delay is not None:
+    if args.shutdown_delay is not None or args.workers:
         handler = StopOnSignal()
         handled = (signal.SIGINT,)
         if not args.ignore_sigterm:
@@ -244,6 +281,110 @@ def record_pid(path: str, role: str, pid: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def listen(args: argparse.Namespace) -> socket.socket | None:
+    """The master's listening socket for --listen; None (having said why) if bind fails."""
+    if args.listen is None:
+        return None
+    import socket
+
+    host, port = args.listen
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    if os.name == "posix":
+        # As nginx does: TIME_WAIT left by earlier connections does not block the port, a
+        # socket that still listens on it does (Linux refuses a second listener).
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(64)
+    except OSError as error:
+        listener.close()
+        say(
+            args.name,
+            f"bind() to {host}:{port} failed ({error.errno}: {error.strerror})",
+            error=True,
+        )
+        return None
+    return listener
+
+
+def start_workers(
+    args: argparse.Namespace, listener: socket.socket | None, workers: list[int]
+) -> None:
+    """Fork the workers, adding their pids to ``workers`` as they come (so that a stop
+    arriving halfway stops those already started); each re-execs this script with an empty
+    environment. The master records their pids itself, right after each fork (the pid
+    survives the exec), so the pids file lists every worker even if the master dies a
+    moment later.
+    """
+    for index in range(1, args.workers + 1):
+        command = helper_command(args, f"{args.name}-worker-{index}")
+        command += ["--master", str(os.getpid())]
+        if listener is not None:
+            command += ["--serve-fd", str(listener.fileno())]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Blocked across the fork: a stop signal that reached the child while it still had
+        # the master's Python handler would be lost when the child resets its disposition.
+        signal.pthread_sigmask(signal.SIG_BLOCK, TERMINATION_SIGNALS + (signal.SIGINT,))
+        pid = os.fork()
+        if pid == 0:
+            become_worker(args, listener, command)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINATION_SIGNALS + (signal.SIGINT,))
+        workers.append(pid)
+        if args.pids_file is not None:
+            record_pid(args.pids_file, "worker", pid)
+
+
+def become_worker(
+    args: argparse.Namespace, listener: socket.socket | None, command: list[str]
+) -> None:
+    """In the forked child: exec the worker with nothing of the environment. Never returns."""
+    try:
+        # The master's Python handler must not run in the child before the exec.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if args.ignore_sigterm else signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        # A stop signal already sent to the master's workers ends this one here.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINATION_SIGNALS + (signal.SIGINT,))
+        if args.worker_setsid:
+            os.setsid()
+        if listener is not None:
+            os.set_inheritable(listener.fileno(), True)
+        os.execve(command[0], command, {})
+    finally:
+        os._exit(127)  # the exec failed: a forked copy must never return into the master
+
+
+def stop_workers(workers: list[int]) -> None:
+    """As nginx's master does on SIGTERM: pass it on to each worker and wait for them."""
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for pid in workers:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run as a worker of a --listen master: answer connections on the inherited socket."""
+    set_signal_dispositions(args)
+    import socket
+
+    listener = socket.socket(fileno=args.serve_fd)
+    answer = f"{args.name} pid {os.getpid()} master {args.master}\n".encode()
+    while True:
+        connection, _ = listener.accept()
+        with connection:
+            try:
+                connection.sendall(answer)
+            except OSError:
+                pass  # the client left before the answer (a readiness probe does)
 
 
 def helper_command(args: argparse.Namespace, name: str) -> list[str]:

@@ -23,6 +23,8 @@ _VALUE_FLAGS = (
     "exit_code",
     "shutdown_delay",
     "grandchildren",
+    "workers",
+    "listen",
     "pids_file",
     "alloc_mb_per_s",
     "max_mb",
@@ -31,7 +33,7 @@ _VALUE_FLAGS = (
     "heartbeat",
     "name",
 )
-_SWITCHES = ("crash_at_start", "ignore_sigterm", "daemon", "burn_cpu")
+_SWITCHES = ("crash_at_start", "ignore_sigterm", "daemon", "worker_setsid", "burn_cpu")
 # keyword -> whether its flag takes a value
 OPTIONS: dict[str, bool] = {
     **{key: True for key in _VALUE_FLAGS},

@@ -453,3 +453,139 @@ def test_example_service_beats_every_second_and_stops_with_0(
 def test_example_service_runs_as_a_module_of_the_package(dummies: Dummies):
     running = dummies.run([sys.executable, "-m", "dummy_services.example_service_2"])
     assert running.next_line() == "example_service_2 heartbeat 1"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def answer_of(port: int) -> str:
+    """What a worker says to a connection on the port."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE) as connection:
+        return connection.makefile().readline().rstrip("\n")
+
+
+def environment_of(pid: int) -> bytes:
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        return environ.read()
+
+
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads /proc/PID/environ"
+)
+
+
+@linux_only
+@pytest.mark.parametrize("setsid", [False, True], ids=["same-session", "setsid"])
+def test_workers_wipe_their_environment_and_answer_on_the_masters_port(
+    dummies: Dummies, tmp_path: Path, setsid: bool
+):
+    pids_file = tmp_path / "pids"
+    port = free_port()
+    flags = ["--worker-setsid"] if setsid else []
+    running = dummies.start(
+        "dummy.py",
+        "--workers",
+        "2",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--name",
+        "web",
+        "--pids-file",
+        str(pids_file),
+        "--ready-line",
+        "ready",
+        *flags,
+    )
+    assert running.next_line() == "ready"
+    pids = dummies.read_pids(pids_file)
+    assert pids["main"] == [running.pid]
+    workers = pids["worker"]
+    assert len(set(workers)) == 2
+    # The exec comes a moment after the fork that recorded the pid.
+    wait_until(lambda: all(environment_of(pid) == b"" for pid in workers), "empty environments")
+    for pid in workers:
+        assert os.getppid() != pid and is_running(pid)
+        if setsid:
+            assert os.getsid(pid) == os.getpgid(pid) == pid
+        else:
+            assert os.getsid(pid) == os.getsid(running.pid)
+    name, _, pid, _, master = answer_of(port).split()
+    assert name in ("web-worker-1", "web-worker-2")
+    assert int(pid) in workers and int(master) == running.pid
+
+
+@linux_only
+def test_a_killed_masters_workers_keep_the_port_from_the_next_master(
+    dummies: Dummies, tmp_path: Path
+):
+    pids_file = tmp_path / "pids"
+    port = free_port()
+    listen = ["--listen", f"127.0.0.1:{port}"]
+    first = dummies.start(
+        "dummy.py", "--workers", "2", *listen, "--pids-file", str(pids_file), "--ready-line", "up"
+    )
+    assert first.next_line() == "up"
+    workers = dummies.read_pids(pids_file)["worker"]
+    answer_of(port)  # leaves a connection in TIME_WAIT, which must not block the next bind
+    os.kill(first.pid, signal.SIGKILL)
+    assert first.wait() == -signal.SIGKILL
+    assert all(is_running(pid) for pid in workers)
+    assert answer_of(port).endswith(f"master {first.pid}")  # the old workers still answer
+    second = dummies.start("dummy.py", *listen, "--name", "second", "--ready-line", "up")
+    assert second.wait() == 1
+    assert second.stderr() == (
+        f"second bind() to 127.0.0.1:{port} failed (98: Address already in use)\n"
+    )
+    assert second.remaining_lines() == []
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    wait_until_gone(workers)
+    third = dummies.start("dummy.py", "--workers", "1", *listen, "--ready-line", "up")
+    assert third.next_line() == "up"
+    assert answer_of(port).endswith(f"master {third.pid}")
+
+
+@posix_only
+@pytest.mark.parametrize("setsid", [False, True], ids=["same-session", "setsid"])
+def test_sigterm_to_the_master_stops_its_workers_first(
+    dummies: Dummies, tmp_path: Path, setsid: bool
+):
+    pids_file = tmp_path / "pids"
+    flags = ["--worker-setsid"] if setsid else []
+    running = dummies.start(
+        "dummy.py", "--workers", "3", "--pids-file", str(pids_file), "--ready-line", "up", *flags
+    )
+    assert running.next_line() == "up"
+    workers = dummies.read_pids(pids_file)["worker"]
+    os.kill(running.pid, signal.SIGTERM)
+    assert running.wait() == 0
+    assert running.remaining_lines() == ["dummy shutting down"]
+    # The master waited for them: they are gone, not just signalled.
+    assert not any(is_running(pid) for pid in workers)
+
+
+@pytest.mark.parametrize("value", ["8080", "localhost:", "host:http", "host:70000"])
+def test_listen_needs_host_and_port(dummies: Dummies, value: str):
+    running = dummies.start("dummy.py", "--listen", value)
+    assert running.wait() == 2
+    assert running.stderr().endswith(
+        f"dummy.py: error: argument --listen: expected HOST:PORT, got {value!r}\n"
+    )
+
+
+def test_workers_without_fork_exit_64(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    from dummy_services import dummy
+
+    monkeypatch.setattr(dummy, "CAN_FORK_DAEMON", False)
+    assert dummy.main(["--workers", "2", "--name", "nofork"]) == dummy.EXIT_UNSUPPORTED
+    assert capsys.readouterr().err == "nofork --workers needs os.fork and os.setsid\n"

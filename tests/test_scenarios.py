@@ -39,8 +39,9 @@ STEP_KINDS = (
 )
 SIGNALS = "graceful_stop, hard_kill, reload, interrupt, reexec, inject_fault"
 EVENTS = (
-    "supervisor_started, spawned, spawn_failed, ready, exited, restart_scheduled, gave_up,"
-    " stopping, stopped, adopted, self_respawn, reloaded, supervisor_exiting"
+    "supervisor_started, spawned, spawn_failed, ready, exited, leftovers_stopped,"
+    " restart_scheduled, gave_up, stopping, stopped, adopted, self_respawn, reloaded,"
+    " supervisor_exiting"
 )
 
 # (file content, every line of the error) -- one case per kind of error.

@@ -26,6 +26,7 @@ EVENTS = (
     "spawn_failed",
     "ready",
     "exited",
+    "leftovers_stopped",
     "restart_scheduled",
     "gave_up",
     "stopping",
