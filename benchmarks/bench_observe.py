@@ -20,13 +20,14 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import psutil
+
+from pytest_supervisor.targets import proc_connector
 
 
 @dataclass
@@ -132,25 +133,6 @@ def read_argv(pid: int) -> Optional[Tuple[str, ...]]:
     return tuple(part.decode(errors="replace") for part in raw.split(b"\0")[:-1]) or None
 
 
-# Numbers from <linux/connector.h> and <linux/cn_proc.h>.
-NETLINK_CONNECTOR = 11
-CN_IDX_PROC = 1
-CN_VAL_PROC = 1
-PROC_CN_MCAST_LISTEN = 1
-NLMSG_DONE = 3
-PROC_EVENT_FORK = 0x00000001
-PROC_EVENT_EXEC = 0x00000002
-PROC_EVENT_EXIT = 0x80000000
-NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port
-CN_MSG_HEADER = struct.Struct("=IIIIHH")  # idx, val, sequence, ack, length, flags
-PROC_EVENT_HEADER = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
-PROC_EVENT_IDS = struct.Struct("=IIII")  # fork: parent pid/tgid, child pid/tgid; others: pid, tgid
-EVENT_OFFSET = NLMSG_HEADER.size + CN_MSG_HEADER.size
-# Crash storms produce thousands of events a second: a large buffer keeps a busy moment of
-# the reader thread from losing any (a loss would be counted in ``overflows``).
-RECEIVE_BUFFER = 32 * 1024 * 1024
-
-
 class ProcConnectorObserver(Observer):
     method = "proc-connector"
 
@@ -160,17 +142,7 @@ class ProcConnectorObserver(Observer):
         # Parent of every process forked since we started listening, so that an exec can be
         # attributed to a watched supervisor even when the watch began after the fork.
         self._parent_of: Dict[int, int] = {}
-        self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
-        try:
-            self._socket.setsockopt(socket.SOL_SOCKET, 33, RECEIVE_BUFFER)  # SO_RCVBUFFORCE
-            self._socket.bind((0, CN_IDX_PROC))
-            listen = struct.pack("=I", PROC_CN_MCAST_LISTEN)
-            message = CN_MSG_HEADER.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(listen), 0) + listen
-            self._socket.send(NLMSG_HEADER.pack(NLMSG_HEADER.size + len(message), NLMSG_DONE,
-                                                0, 0, 0) + message)
-        except OSError:
-            self._socket.close()
-            raise
+        self._socket = proc_connector.open_socket()
         self._socket.settimeout(0.2)  # so that close() is noticed
 
     def describe(self) -> Dict[str, object]:
@@ -195,22 +167,13 @@ class ProcConnectorObserver(Observer):
             self._socket.close()
 
     def _dispatch(self, data: bytes) -> None:
-        offset = 0
-        while offset + EVENT_OFFSET + PROC_EVENT_HEADER.size <= len(data):
-            length = NLMSG_HEADER.unpack_from(data, offset)[0]
-            if length == 0:
-                return
-            at = offset + EVENT_OFFSET
-            what, _cpu, ts = PROC_EVENT_HEADER.unpack_from(data, at)
-            first, second, third, fourth = PROC_EVENT_IDS.unpack_from(
-                data, at + PROC_EVENT_HEADER.size)
-            if what == PROC_EVENT_FORK and third == fourth:  # a process, not a thread
-                self._parent_of[third] = second
-            elif what == PROC_EVENT_EXEC and first == second:
-                self._on_exec(first, ts)
-            elif what == PROC_EVENT_EXIT and first == second:
-                self._on_exit(first, ts)
-            offset += (length + 3) & ~3
+        for event in proc_connector.parse(data):
+            if event.what == proc_connector.FORK and event.third == event.fourth:  # not a thread
+                self._parent_of[event.third] = event.second
+            elif event.what == proc_connector.EXEC and event.first == event.second:
+                self._on_exec(event.first, event.ts_ns)
+            elif event.what == proc_connector.EXIT and event.first == event.second:
+                self._on_exit(event.first, event.ts_ns)
 
     def _on_exec(self, pid: int, ts: int) -> None:
         watch = self._watches.get(self._parent_of.get(pid, 0))

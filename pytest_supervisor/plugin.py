@@ -178,7 +178,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def supervisor_target(request: pytest.FixtureRequest) -> str:
     """The supervisor this test runs on: ours, or a --supervisor-target."""
-    chosen = getattr(request, "param", None) or getattr(request.node, "supervisor_target", None)
+    param = getattr(request, "param", None)
+    if param is not None:  # one of several targets: a cell of the conformance table
+        from pytest_supervisor.targets import CONFORMANCE, conformance_case
+
+        case = conformance_case(request.node.nodeid, param)
+        request.node.user_properties.append((CONFORMANCE, {"case": case, "target": param}))
+    chosen = param or getattr(request.node, "supervisor_target", None)
     return str(chosen or get_settings(request.config).targets[0])
 
 

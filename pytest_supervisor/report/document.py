@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import psutil
 
 from pytest_supervisor import diagnostics
-from pytest_supervisor.report import metric_targets, metrics
+from pytest_supervisor.report import conformance, metric_targets, metrics
 from pytest_supervisor.resources import MB
 from pytest_supervisor.settings import PHASES
 
@@ -123,6 +123,7 @@ class PhaseReport:
     xfail: bool  # the test is marked xfail and its outcome was judged against that
     keywords: frozenset[str]
     properties: tuple[tuple[str, Any], ...]
+    skip_reason: str | None = None
 
     @classmethod
     def of(cls, report: Any) -> PhaseReport:
@@ -136,6 +137,7 @@ class PhaseReport:
             xfail=hasattr(report, "wasxfail"),
             keywords=frozenset(report.keywords),
             properties=tuple((str(name), value) for name, value in report.user_properties),
+            skip_reason=_skip_reason(report),
         )
 
 
@@ -170,6 +172,9 @@ class _TestRecord:
                 for when, phase in self.phases.items()
             },
             "failure": _clip("\n\n".join(failures)) if failures else None,
+            "skip_reason": next(
+                (phase.skip_reason for phase in self.phases.values() if phase.skip_reason), None
+            ),
             "log_excerpts": [value for name, value in last.properties if name == LOG_EXCERPT],
             "metrics": None,
             "targets": [],
@@ -244,6 +249,7 @@ class ReportCollector:
                 for name, definition in metric_targets.DEFINITIONS.items()
             },
             "summary": _summary(tests),
+            "conformance": conformance.table(tests),
             "tests": tests,
             "collection_errors": list(self._collection_errors),
         }
@@ -330,6 +336,15 @@ def _git(directory: Path, *args: str) -> str | Exception:
         message = done.stderr.strip().splitlines()
         return RuntimeError(message[0] if message else f"git exited with {done.returncode}")
     return done.stdout.strip()
+
+
+def _skip_reason(report: Any) -> str | None:
+    """Why a skipped phase was skipped (pytest keeps it as ``(path, line, "Skipped: why")``)."""
+    longrepr = getattr(report, "longrepr", None)
+    if report.outcome != "skipped" or not isinstance(longrepr, tuple) or len(longrepr) != 3:
+        return None
+    reason = str(longrepr[2])
+    return reason[len("Skipped: ") :] if reason.startswith("Skipped: ") else reason
 
 
 def _clip(text: str) -> str:

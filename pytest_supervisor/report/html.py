@@ -67,6 +67,7 @@ def render(document: Mapping[str, Any], plots: report_plots.SvgPlots | None) -> 
         f"<style>{_STYLE}</style></head><body>",
         _header(document),
         _summary(document["summary"]),
+        _conformance(document.get("conformance")),
         _targets(document),
         _plots(tests, document["targets"], plots),
         *(_phase_table(phase, tests) for phase in document["summary"]["phases"]),
@@ -117,6 +118,37 @@ def _summary(summary: Mapping[str, Any]) -> str:
     return (
         f'<section id="summary"><h2>Summary</h2><p>{summary["tests"]} tests: {badges}</p>'
         f"{table}</section>"
+    )
+
+
+def _conformance(conformance: Mapping[str, Any] | None) -> str:
+    """Scenario x target: each cell the outcome, with its evidence and the respawn p50."""
+    if not conformance:
+        return ""
+    rows = []
+    for case in conformance["cases"]:
+        cells = [f'<td class="test"><code>{_e(case["case"])}</code></td>']
+        for target in conformance["targets"]:
+            result = case["results"].get(target)
+            if result is None:
+                cells.append('<td class="none">not run</td>')
+                continue
+            outcome = result["outcome"]
+            text = f'<span class="{_e(outcome)}">{_e(outcome)}</span>'
+            if result["respawn_latency_p50"] is not None:
+                text += f" · respawn p50 {_e(_seconds(result['respawn_latency_p50']))}"
+            if result["evidence"]:
+                text += f"<br><small>{_e(result['evidence'])}</small>"
+            cells.append(f"<td>{text}</td>")
+        rows.append(cells)
+    return (
+        '<section id="conformance"><h2>Conformance</h2>'
+        "<p>The same tests and scenarios on each supervisor under test"
+        " (<code>--supervisor-target</code>): a failure with the line that shows it, a skip"
+        " with its reason (a key or step the target cannot express), and the respawn latency"
+        " p50 where respawns were timed.</p>"
+        + _table(["test", *conformance["targets"]], rows)
+        + "</section>"
     )
 
 

@@ -25,6 +25,7 @@ from pytest_supervisor.scenarios.document import ScenarioFileError
 from pytest_supervisor.scenarios.loader import Scenario, load_scenarios
 from pytest_supervisor.scenarios.runner import ScenarioFailure, ScenarioRunner
 from pytest_supervisor.settings import PluginSettings
+from pytest_supervisor.targets import CONFORMANCE, conformance_case
 
 
 def collect_file(
@@ -74,6 +75,9 @@ class ScenarioFile(pytest.File):
                     target=target,
                 )
                 _add_markers(item, scenario)
+                if len(targets) > 1:
+                    case = conformance_case(item.nodeid, target)
+                    item.user_properties.append((CONFORMANCE, {"case": case, "target": target}))
                 if scenario.metric_targets is not None:
                     item.user_properties.append((METRIC_TARGETS, scenario.metric_targets))
                 yield item
