@@ -805,7 +805,9 @@ def _unwritable(path: str) -> Optional[str]:
         return "cannot write %s: %s is not a folder" % (path, folder)
     if os.path.isdir(path):
         return "cannot write %s: it is a folder" % path
-    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+    # as the open will be checked: with the effective ids and capabilities, not the real ones
+    effective = os.access in os.supports_effective_ids
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK, effective_ids=effective):
         return "cannot write %s: permission denied" % path
     return None
 
