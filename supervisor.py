@@ -92,16 +92,47 @@ APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 
 LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
+RECENT_BYTES = 32768          # of output kept per service, and of our own log (logs -n)
+RECENT_LINE_BYTES = 4096      # a longer line is kept cut to this
+LOG_TAIL_LINES = 20           # what `logs` shows, and error messages quote of a service's output
+
+
+class RecentLines:
+    """The latest lines of one output -- a service's, or the supervisor's own log -- within
+    RECENT_BYTES, and the ``logs -f`` clients following it."""
+
+    def __init__(self) -> None:
+        self.lines: Deque[bytes] = collections.deque()
+        self.size = 0
+        self.followers: List[Callable[[List[bytes]], bool]] = []  # each says False once gone
+
+    def add(self, lines: List[bytes]) -> None:
+        for line in lines:
+            line = line[:RECENT_LINE_BYTES]
+            self.lines.append(line)
+            self.size += len(line)
+        while self.size > RECENT_BYTES:
+            self.size -= len(self.lines.popleft())
+        if self.followers:
+            self.followers = [follower for follower in self.followers if follower(lines)]
+
+    def last(self, count: int) -> List[bytes]:
+        return list(self.lines)[-count:] if count > 0 else []
+
+
 class _LogSettings:
     level = LOG_LEVELS["info"]
     fmt = "text"
+    path: Optional[str] = None
     stream: Any = sys.stderr
     held: Optional[List[Tuple[float, str, str, Optional[str]]]] = None  # see held_output()
+    recent = RecentLines()  # for `logs` without a name
 
 
 def configure_logging(level: str = "info", fmt: str = "text", path: Optional[str] = None) -> None:
     _LogSettings.level = LOG_LEVELS[level]
     _LogSettings.fmt = fmt
+    _LogSettings.path = path
     _LogSettings.stream = open(path, "a", buffering=1) if path else sys.stderr
 
 
@@ -126,7 +157,9 @@ def log(level: str, message: str, service: Optional[str] = None) -> None:
 
 
 def _write_log(entries: List[Tuple[float, str, str, Optional[str]]]) -> None:
-    text = "".join(format_log_line(*entry, _LogSettings.fmt) + "\n" for entry in entries)
+    lines = [format_log_line(*entry, _LogSettings.fmt) for entry in entries]
+    _LogSettings.recent.add([line.encode() for line in lines])
+    text = "".join(line + "\n" for line in lines)
     try:
         _LogSettings.stream.write(text)
         _LogSettings.stream.flush()
@@ -226,7 +259,7 @@ class SupervisorSettings:
     log_format: str = "text"
     log_file: Optional[str] = None
     events_file: Optional[str] = None
-    control_socket: Optional[str] = None
+    control_socket: Optional[str] = "default"  # a path, "default" (see control_socket_path) or None
     shutdown_timeout: float = 30.0
     self_respawn: SelfRespawn = SelfRespawn()
     state_file: Optional[str] = None
@@ -575,6 +608,15 @@ def _check_output(ch: _Checker, node: yaml.Node, key: str) -> Any:
     return None
 
 
+def _check_control_socket(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    value = _scalar_value(node)
+    if value is False or value is None:  # no control socket
+        return None
+    if isinstance(value, str) and value:
+        return value
+    return ch.expected(node, key, "a path, default or false")
+
+
 def _check_umask(ch: _Checker, node: yaml.Node, key: str) -> Any:
     # YAML already reads 022 as octal; a string is read as octal too ("022", "0o22").
     value = _scalar_value(node)
@@ -627,7 +669,7 @@ _SUPERVISOR_KEYS: Dict[str, _Validator] = {
     "log_format": _choice("text", "json"),
     "log_file": _nullable(_check_text),
     "events_file": _nullable(_check_text),
-    "control_socket": _nullable(_check_text),
+    "control_socket": _check_control_socket,
     "shutdown_timeout": _check_positive_seconds,
     "self_respawn": _section(SelfRespawn, {
         "enabled": _check_boolean,
@@ -901,7 +943,7 @@ class Service:
         # while starting: the readiness probe, and why the start failed if it did
         self.probe: Optional[ReadinessProbe] = None
         self.start_error: Optional[str] = None
-        self.recent_output: Deque[bytes] = collections.deque(maxlen=RECENT_OUTPUT_LINES)
+        self.output = RecentLines()  # what it wrote to the pipes we read
         self.after_stop: Optional[Callable[[], None]] = None  # restart, or removal on reload
 
     def transition(self, event: str, new_state: State, **fields: Any) -> Dict[str, Any]:
@@ -1725,7 +1767,6 @@ def _scan_psutil_tags(prefix: str) -> Dict[str, Set[int]]:
 OUTPUT_CHUNK = 65536          # read at most this much per wake-up, so every pipe gets its turn
 MAX_PARTIAL_LINE = 1 << 20    # a "line" without a newline is passed on in pieces past this
 FORWARD_QUEUE_CHUNKS = 256    # output waiting for our stdout/stderr; beyond it, output is dropped
-RECENT_OUTPUT_LINES = 20      # kept per service for error messages
 # tcp and file probes: neither "a port started listening" nor "a file appeared" wakes
 # anyone portably, so these two re-check at this interval, only while a service starts.
 PROBE_INTERVAL = 0.05
@@ -1897,7 +1938,7 @@ class OutputPipe:
         return True
 
     def _lines(self, lines: List[bytes]) -> None:
-        self.service.recent_output.extend(lines)
+        self.service.output.add(lines)
         for line in lines:
             if self.service.probe is None:
                 break  # none, or it succeeded on an earlier line of this read
@@ -2045,7 +2086,7 @@ class ServiceManager:
         self._dependents: Dict[str, List[Service]] = {}
         self._find_dependents()
         self.control: Optional[ControlServer] = None
-        self._replies_after_stop: List[Tuple[List[Service], Callable[[], None]]] = []
+        self._replies_after_stop: List[Tuple[List[Service], Callable[[], Any]]] = []
         self._requested: Optional[Exception] = None  # raised by the loop once replies are out
         self._state_write: Optional[Timer] = None
         self._state_written = -STATE_WRITE_DELAY  # clock() of the last state file write
@@ -2573,8 +2614,8 @@ class ServiceManager:
     # -- the control socket
 
     def open_control(self, inherited: Optional[Dict[str, Any]] = None) -> None:
-        """Listen on ``supervisor.control_socket`` (or keep listening after an exec)."""
-        path = self.config.supervisor.control_socket
+        """Listen on the control socket (or keep listening after an exec)."""
+        path = control_socket_path(self.config)
         if not path:
             return
         self.control = ControlServer(path, self._selector, self.timers, self._control_request)
@@ -2584,7 +2625,7 @@ class ServiceManager:
             self.control.open()
 
     def _control_request(self, request: Dict[str, Any],
-                         reply: Callable[[Dict[str, Any]], None]) -> None:
+                         reply: Callable[[Dict[str, Any]], bool]) -> None:
         command, args = request.get("cmd"), request.get("args") or {}
         try:
             if command not in CONTROL_COMMANDS:
@@ -2593,8 +2634,11 @@ class ServiceManager:
             if not isinstance(args, dict):
                 raise ControlError("args: expected an object")
             names = self._names(args.get("names", []),
-                                allow_empty=command not in ("start", "stop", "restart"))
-            self._control_command(command, names, reply)
+                                allow_empty=command not in ("start", "stop", "restart", "signal"))
+            if command == "logs":
+                self._logs(names if args.get("names") else [], args, reply)
+            else:
+                self._control_command(command, names, args, reply)
         except ControlError as exc:
             reply({"ok": False, "error": str(exc)})
         except ConfigError as exc:
@@ -2603,6 +2647,8 @@ class ServiceManager:
     def _names(self, names: Any, allow_empty: bool) -> List[Service]:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ControlError("names: expected a list of service names")
+        if "all" in names:
+            return list(self.services.values())
         unknown = [n for n in names if n not in self.services]
         if unknown:
             raise ControlError("unknown service%s %s; known: %s" % (
@@ -2612,8 +2658,8 @@ class ServiceManager:
             raise ControlError("names: give at least one service")
         return [self.services[n] for n in names] or list(self.services.values())
 
-    def _control_command(self, command: str, services: List[Service],
-                         reply: Callable[[Dict[str, Any]], None]) -> None:
+    def _control_command(self, command: str, services: List[Service], args: Dict[str, Any],
+                         reply: Callable[[Dict[str, Any]], bool]) -> None:
         if command == "status":
             reply({"ok": True, "result": [self.status(s) for s in services]})
         elif command == "start":
@@ -2641,11 +2687,53 @@ class ServiceManager:
         elif command == "reexec":
             reply({"ok": True, "result": "re-executing"})
             self._requested = ReexecRequested()
+        elif command == "signal":
+            reply({"ok": True, "result": self._send_signal(services, args.get("signal"))})
         elif not self.allow_fault_injection:  # "fault": the portable SIGUSR1
             raise ControlError("fault injection is not enabled (--allow-fault-injection)")
         else:
             reply({"ok": True, "result": "raising in the main loop"})
             self._requested = InjectedFault("fault injected by the control socket")
+
+    def _send_signal(self, services: List[Service], signame: Any) -> Dict[str, str]:
+        name = canonical_signal_name(signame)
+        if name is None or not hasattr(signal, name):
+            known = [n for n in signal.Signals.__members__ if n.startswith("SIG")]
+            raise ControlError("not a signal of this system: %r%s" % (
+                signame, _did_you_mean(signame, known, _signal_stem)))
+        idle = ["%s (%s)" % (s.name, s.state.value) for s in services if s.pid is None]
+        if idle:
+            raise ControlError("not running: %s" % ", ".join(idle))
+        sent = {}
+        for service in services:
+            assert service.pid is not None
+            if not self.processes.send(service.pid, name):
+                raise ControlError("cannot send %s to %s (pid %d)" % (
+                    name, service.name, service.pid))
+            log("info", "sent %s to pid %d, as asked" % (name, service.pid), service.name)
+            sent[service.name] = "%s sent to pid %d" % (name, service.pid)
+        return sent
+
+    def _logs(self, services: List[Service], args: Dict[str, Any],
+              reply: Callable[[Dict[str, Any]], bool]) -> None:
+        """The last lines of a service's output (of its file, if it writes one) or of our own
+        log, then with ``follow`` every new line as it comes, until the client leaves."""
+        count, follow = args.get("lines", LOG_TAIL_LINES), bool(args.get("follow"))
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ControlError("lines: expected an integer >= 0")
+        if len(services) > 1:
+            raise ControlError("names: give one service, or none for the supervisor's log")
+        if services:
+            config = services[0].config
+            spec = config.stdout if config.stdout.mode == "file" else config.stderr
+            ring = services[0].output
+            path = expand_variables(str(spec.file), os.environ) if spec.mode == "file" else None
+        else:
+            ring, path = _LogSettings.recent, _LogSettings.path
+        lines = _tail(path, count) if path else ring.last(count)
+        if not reply({"ok": True, "result": _texts(lines), "follow": follow}) or not follow:
+            return
+        ring.followers.append(lambda new: reply({"ok": True, "result": _texts(new)}))
 
     def _send_replies_after_stop(self) -> None:
         waiting = []
@@ -2721,8 +2809,9 @@ class ServiceManager:
         settings = self.config.supervisor
         if settings.state_file:
             return settings.state_file
-        if settings.control_socket:
-            return settings.control_socket + ".state"
+        control_socket = control_socket_path(self.config)
+        if control_socket:
+            return control_socket + ".state"
         folder = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
         path = os.path.abspath(self.config.path)
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(path))
@@ -2857,10 +2946,31 @@ class ServiceManager:
 
 def _last_lines(service: Service) -> str:
     """The service's last lines of output, for an error message."""
-    if not service.recent_output:
+    lines = [line.decode(errors="replace") for line in service.output.last(LOG_TAIL_LINES)]
+    if not lines:
         return ""
-    lines = (line.decode(errors="replace") for line in service.recent_output)
     return "; its last output:\n" + "\n".join("    " + line for line in lines)
+
+
+def _texts(lines: List[bytes]) -> List[str]:
+    return [line.decode(errors="replace") for line in lines]
+
+
+def _tail(path: str, count: int) -> List[bytes]:
+    """The last ``count`` lines of a file (none if it cannot be read)."""
+    try:
+        with open(path, "rb") as stream:
+            end = stream.seek(0, os.SEEK_END)
+            size = 8192
+            while True:  # read more of the end until it holds enough lines, or is the file
+                start = max(end - size, 0)
+                stream.seek(start)
+                lines = stream.read(end - start).splitlines()
+                if len(lines) > count or start == 0:
+                    return lines[-count:] if count else []
+                size *= 4
+    except OSError:
+        return []
 
 
 def _drain(sock: socket.socket) -> None:
@@ -2878,7 +2988,7 @@ MAX_REQUEST_BYTES = 65536     # a longer line is refused and the client dropped
 MAX_CLIENTS = 512             # more at once are turned away, so none can starve the loop
 CLIENT_IDLE_TIMEOUT = 10.0    # a client that says nothing for this long is dropped
 CONTROL_COMMANDS = ("status", "start", "stop", "restart", "reload", "reexec", "shutdown",
-                    "fault")
+                    "logs", "signal", "fault")
 
 
 class ControlError(Exception):
@@ -2908,7 +3018,7 @@ class ControlServer:
     """
 
     def __init__(self, path: str, selector: selectors.BaseSelector, timers: Timers,
-                 handle: Callable[[Dict[str, Any], Callable[[Dict[str, Any]], None]], None]):
+                 handle: Callable[[Dict[str, Any], Callable[[Dict[str, Any]], bool]], None]):
         self.path = path
         self.selector = selector
         self.timers = timers
@@ -2930,12 +3040,7 @@ class ControlServer:
         self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
 
     def _bind_unix(self) -> socket.socket:
-        folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        info = os.stat(folder)
-        if info.st_uid != os.getuid() or info.st_mode & 0o077:
-            raise ControlError("control socket folder %s must belong to you and be closed to "
-                               "others (chmod 700)" % folder)
+        _private_folder(os.path.dirname(os.path.abspath(self.path)))
         if os.path.exists(self.path):
             if _control_answers(self.path):
                 raise ControlError("another supervisor is listening on %s" % self.path)
@@ -2951,6 +3056,7 @@ class ControlServer:
 
     def _bind_loopback(self) -> socket.socket:
         import secrets
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.bind(("127.0.0.1", 0))
         listener.listen(128)
@@ -3045,13 +3151,18 @@ class ControlServer:
             return
         self.handle(request, lambda reply: self._reply(client, dict(reply, id=reply_id)))
 
-    def _reply(self, client: ControlClient, reply: Dict[str, Any], close: bool = False) -> None:
+    def _reply(self, client: ControlClient, reply: Dict[str, Any], close: bool = False) -> bool:
+        """Queue ``reply`` for ``client``; False if the client is gone."""
         if client.sock not in self.clients:
-            return  # it left before its answer was ready
+            return False  # it left before its answer was ready
+        if reply.get("follow") and client.idle is not None:
+            client.idle.cancel()  # it listens to a stream now (logs -f): silence is fine
+            client.idle = None
         reply.setdefault("v", PROTOCOL_VERSION)
         client.outbox += json.dumps(reply).encode() + b"\n"
         client.closing = client.closing or close
         self._flush(client)
+        return client.sock in self.clients
 
     def _flush(self, client: ControlClient) -> None:
         try:
@@ -3086,6 +3197,35 @@ class ControlServer:
         client.sock.close()
 
 
+def control_socket_path(config: Config) -> Optional[str]:
+    """Where the control socket of ``config`` is: the path it names, None for false, or by
+    default a file named after the config's absolute path in the user's runtime folder."""
+    path = config.supervisor.control_socket
+    if path != "default":
+        return path
+    config_path = os.path.realpath(config.path)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(config_path))[:40]  # sun_path: 108
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    folder = os.path.join(runtime, "supervisor") if os.path.isabs(runtime) \
+        else os.path.join(os.path.expanduser("~"), ".supervisor")
+    return os.path.join(folder, "%s-%08x.sock" % (name, binascii.crc32(config_path.encode())))
+
+
+def _private_folder(folder: str) -> None:
+    """Make ``folder`` for a control socket, or accept the one there only if it is a folder
+    (not a link to one), ours, and closed to others: nobody else may plant a socket in it."""
+    try:
+        os.makedirs(folder, mode=0o700)
+    except FileExistsError:
+        pass
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        raise ControlError("control socket folder %s is a link or a file, not a folder" % folder)
+    info = os.stat(folder)
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise ControlError("control socket folder %s must belong to you and be closed to "
+                           "others (chmod 700)" % folder)
+
+
 def _peer_allowed(sock: socket.socket) -> bool:
     """On Linux, only our own uid or root may control us (the socket's mode says the same)."""
     if not hasattr(socket, "SO_PEERCRED"):
@@ -3107,8 +3247,11 @@ class Unreachable(Exception):
     """No supervisor answered on the control socket."""
 
 
-def control_request(path: str, request: Dict[str, Any], timeout: float = 60.0) -> Dict[str, Any]:
-    """Send one request to the supervisor listening at ``path`` and return its reply."""
+def control_request(path: str, request: Dict[str, Any], timeout: float = 60.0,
+                    more: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    """Send one request to the supervisor listening at ``path`` and return its reply. With
+    ``more``, each reply goes to it too, and after a reply that says "follow", so does every
+    one that follows, until the supervisor closes the connection (logs -f)."""
     request = dict(request, v=PROTOCOL_VERSION, id=1)
     try:
         if hasattr(socket, "AF_UNIX"):
@@ -3120,17 +3263,20 @@ def control_request(path: str, request: Dict[str, Any], timeout: float = 60.0) -
                 where = json.load(endpoint)
             sock = socket.create_connection(("127.0.0.1", where["port"]), timeout=timeout)
             request["token"] = where["token"]
-        with sock:
+        with sock, sock.makefile("rb") as replies:
             sock.sendall(json.dumps(request).encode() + b"\n")
-            answer = b""
-            while not answer.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise Unreachable("the supervisor at %s closed the connection" % path)
-                answer += chunk
+            answer = replies.readline()
+            if not answer.endswith(b"\n"):
+                raise Unreachable("the supervisor at %s closed the connection" % path)
+            reply: Dict[str, Any] = json.loads(answer)
+            if more is not None:
+                more(reply)
+                if reply.get("follow"):
+                    sock.settimeout(None)
+                    for answer in replies:
+                        more(json.loads(answer))
     except (OSError, ValueError, KeyError) as exc:
         raise Unreachable("no supervisor answers at %s (%s)" % (path, exc)) from None
-    reply: Dict[str, Any] = json.loads(answer)
     return reply
 
 
@@ -3323,47 +3469,93 @@ class Runner:
 
 # --------------------------------------------------------------------------- CLI
 
-def _add_common_options(parser: argparse.ArgumentParser, top_level: bool) -> None:
-    """Options accepted before and after the subcommand (argparse keeps the last one seen)."""
-    default = (lambda value: value) if top_level else (lambda value: argparse.SUPPRESS)
+# Each subcommand: what it does and a one-line example, as its --help shows them.
+COMMANDS = {
+    "run": ("load the config and supervise its services",
+            "supervisor run -c services.yaml --events events.jsonl"),
+    "check": ("validate the config: exit 0 (warnings do not fail it) or 2 with every error",
+              "supervisor check -c services.yaml"),
+    "status": ("show the services of the running supervisor", "supervisor status web --json"),
+    "start": ("start services (names, or all)", "supervisor start web worker"),
+    "stop": ("stop services (names, or all)", "supervisor stop all"),
+    "restart": ("stop services, then start them (names, or all)", "supervisor restart web"),
+    "reload": ("re-read the config and apply only what changed", "supervisor reload"),
+    "reexec": ("re-execute the supervisor; services keep running", "supervisor reexec"),
+    "shutdown": ("stop every service and the supervisor", "supervisor shutdown"),
+    "logs": ("a service's recent output, or without NAME the supervisor's own log",
+             "supervisor logs web -n 50 -f"),
+    "signal": ("send a signal to a service's main process", "supervisor signal web SIGHUP"),
+}
+EXIT_CODES_AND_SIGNALS = """\
+exit codes:
+  0  success; for run, a clean shutdown
+  1  runtime failure (run: e.g. too many self-respawns; a command the supervisor refused)
+  2  bad config or usage
+  3  no running supervisor answers on the control socket
+
+signals to a running supervisor:
+  SIGTERM, SIGINT  shut down gracefully (a second SIGINT kills every service at once)
+  SIGHUP           reload the config
+  SIGUSR2          re-execute the supervisor; services keep running
+  Windows: Ctrl+C and Ctrl+Break shut down gracefully"""
+
+
+def _add_location_options(parser: argparse.ArgumentParser, command: Optional[str]) -> None:
+    """-c and --socket, accepted before and after the subcommand: after it they only
+    override (argparse would otherwise reset what was given before)."""
+    default = (lambda value: argparse.SUPPRESS) if command else (lambda value: value)
     parser.add_argument("-c", "--config", default=default("services.yaml"), metavar="FILE",
                         help="config file (default: ./services.yaml)")
-    parser.add_argument("--events", default=default(None), metavar="FILE",
-                        help="append the JSON-lines event stream to FILE ('-' = stdout)")
-    parser.add_argument("--log-level", default=default(None), choices=sorted(LOG_LEVELS),
-                        help="overrides supervisor.log_level")
-    parser.add_argument("--log-format", default=default(None), choices=["text", "json"],
-                        help="overrides supervisor.log_format")
-    parser.add_argument("--exit-with-parent", action="store_true", default=default(False),
-                        help="shut down when the process that started the supervisor dies")
-    parser.add_argument("--allow-fault-injection", action="store_true", default=default(False),
-                        help="SIGUSR1 raises inside the main loop (to test self-respawn)")
-    parser.add_argument("--socket", default=default(None), metavar="PATH",
-                        help="control socket (default: the config's supervisor.control_socket)")
-    parser.add_argument("--json", action="store_true", default=default(False),
-                        help="status: print JSON instead of a table")
+    if command not in ("run", "check"):
+        parser.add_argument("--socket", default=default(None), metavar="PATH",
+                            help="control socket (default: the config's, see control_socket)")
+
+
+def _add_command_options(command: str, parser: argparse.ArgumentParser) -> None:
+    if command == "run":
+        parser.add_argument("--events", metavar="FILE",
+                            help="append the JSON-lines event stream to FILE ('-' = stdout)")
+        parser.add_argument("--log-level", choices=sorted(LOG_LEVELS),
+                            help="overrides supervisor.log_level")
+        parser.add_argument("--log-format", choices=["text", "json"],
+                            help="overrides supervisor.log_format")
+        parser.add_argument("--no-color", action="store_true",
+                            help="no colours in the log, even on a terminal (so does NO_COLOR)")
+        parser.add_argument("--exit-with-parent", action="store_true",
+                            help="shut down when the process that started the supervisor dies")
+        parser.add_argument("--allow-fault-injection", action="store_true",
+                            help="SIGUSR1 raises inside the main loop (to test self-respawn)")
+    elif command == "status":
+        parser.add_argument("names", nargs="*", metavar="NAME", help="default: every service")
+        parser.add_argument("--json", action="store_true", help="JSON instead of a table")
+    elif command in ("start", "stop", "restart"):
+        parser.add_argument("names", nargs="+", metavar="NAME", help="a service, or all")
+    elif command == "logs":
+        parser.add_argument("name", nargs="?", metavar="NAME",
+                            help="a service (default: the supervisor's own log)")
+        parser.add_argument("-n", "--lines", type=int, default=LOG_TAIL_LINES, metavar="N",
+                            help="how many recent lines (default: %d)" % LOG_TAIL_LINES)
+        parser.add_argument("-f", "--follow", action="store_true",
+                            help="then print new lines as they come, until Ctrl+C")
+    elif command == "signal":
+        parser.add_argument("name", metavar="NAME", help="the service")
+        parser.add_argument("signal", metavar="SIG", help="e.g. SIGHUP, HUP or 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="supervisor", description="A compact process supervisor.")
+        prog="supervisor", description="A compact process supervisor.",
+        epilog=EXIT_CODES_AND_SIGNALS, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
-    _add_common_options(parser, top_level=True)
+    _add_location_options(parser, None)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    for name, summary in (("run", "load the config and supervise its services"),
-                          ("check", "validate the config and exit (0 = valid, 2 = errors)"),
-                          ("status", "show the services of the running supervisor"),
-                          ("start", "start services"), ("stop", "stop services"),
-                          ("restart", "stop services, then start them"),
-                          ("reload", "re-read the config and apply only what changed"),
-                          ("reexec", "re-execute the supervisor; services keep running"),
-                          ("shutdown", "stop every service and the supervisor")):
-        command = commands.add_parser(name, help=summary, description=summary)
-        _add_common_options(command, top_level=False)
-        if name in ("status", "start", "stop", "restart"):
-            command.add_argument("names", nargs="*" if name == "status" else "+",
-                                 metavar="NAME")
+    for name, (summary, example) in COMMANDS.items():
+        command = commands.add_parser(
+            name, help=summary, description=summary, epilog="example: " + example,
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_location_options(command, name)
+        _add_command_options(name, command)
     return parser
 
 
@@ -3416,32 +3608,53 @@ def control_command(args: argparse.Namespace) -> int:
     path = args.socket
     if path is None:
         try:
-            path = load_config(args.config).supervisor.control_socket
+            path = control_socket_path(load_config(args.config))
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return EXIT_USAGE
         if path is None:
-            print("%s: supervisor.control_socket is not set, and no --socket was given"
-                  % args.config, file=sys.stderr)
+            print("%s: supervisor.control_socket is false (no control socket), and no --socket "
+                  "was given" % args.config, file=sys.stderr)
             return EXIT_UNREACHABLE
-    request = {"cmd": args.command, "args": {"names": getattr(args, "names", [])}}
+    request = {"cmd": args.command, "args": _request_args(args)}
     try:
-        reply = control_request(path, request)
+        reply = control_request(path, request, more=_print_lines if args.command == "logs"
+                                else None)
     except Unreachable as exc:
         print("cannot reach a running supervisor: %s" % exc, file=sys.stderr)
         return EXIT_UNREACHABLE
+    except KeyboardInterrupt:  # the way to stop `logs -f`
+        return EXIT_OK
     if not reply.get("ok"):
         print("error: %s" % reply.get("error"), file=sys.stderr)
         return EXIT_USAGE if "unknown service" in str(reply.get("error")) else EXIT_FAILURE
     result: Any = reply.get("result")
     if args.command == "status" and not args.json:
         print(format_status(result))
-    elif isinstance(result, dict) and not args.json:
+    elif args.command == "status":
+        print(json.dumps(result, indent=2))
+    elif isinstance(result, dict):
         for key, value in result.items():
             print("%s: %s" % (key, ", ".join(value) if isinstance(value, list) else value))
-    else:
-        print(result if isinstance(result, str) else json.dumps(result, indent=2))
+    elif args.command != "logs":
+        print(result)
     return EXIT_OK
+
+
+def _request_args(args: argparse.Namespace) -> Dict[str, Any]:
+    if args.command == "logs":
+        return {"names": [args.name] if args.name else [], "lines": args.lines,
+                "follow": args.follow}
+    if args.command == "signal":
+        return {"names": [args.name], "signal": args.signal}
+    return {"names": getattr(args, "names", [])}
+
+
+def _print_lines(reply: Dict[str, Any]) -> None:
+    """Print the lines of a `logs` reply as they come."""
+    if reply.get("ok"):
+        sys.stdout.write("".join(line + "\n" for line in reply.get("result") or ()))
+        sys.stdout.flush()
 
 
 def format_status(rows: List[Dict[str, Any]]) -> str:
