@@ -167,7 +167,8 @@ def test_only_supervisord_s_package_is_named_for_what_it_is(monkeypatch, tmp_pat
     assert str(raised.value) == (
         "cannot find the supervisor under test: pytest-supervisor is not installed here, and the"
         " importable 'supervisor' (%s) is a package (supervisord's?), not supervisor.py."
-        " Install pytest-supervisor, or name one with --supervisor-cmd." % (package / "__init__.py"))
+        " Install pytest-supervisor, or name one with --supervisor-cmd."
+        % (package / "__init__.py"))
     monkeypatch.setattr(factory.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(LaunchError, match="^cannot find the supervisor under test: no importable"
                        " module 'no_such_package.supervisor' or 'supervisor'. Install"):
