@@ -120,6 +120,10 @@ class RecentLines:
         return list(self.lines)[-count:] if count > 0 else []
 
 
+LEVEL_COLOURS = {"debug": "2", "info": "32", "warning": "33", "error": "1;31"}  # ANSI SGR
+SERVICE_COLOURS = ("36", "35", "34", "33", "32", "96", "95", "94", "93", "92")
+
+
 class _LogSettings:
     level = LOG_LEVELS["info"]
     fmt = "text"
@@ -127,22 +131,63 @@ class _LogSettings:
     stream: Any = sys.stderr
     held: Optional[List[Tuple[float, str, str, Optional[str]]]] = None  # see held_output()
     recent = RecentLines()  # for `logs` without a name
+    colours_allowed = False  # not turned off by --no-color or NO_COLOR
+    colour = False           # and the log goes to a terminal
+    services: Dict[str, str] = {}  # name -> its colour, in config order
+    width = 0                # of the longest service name: their lines align
 
 
-def configure_logging(level: str = "info", fmt: str = "text", path: Optional[str] = None) -> None:
+def configure_logging(level: str = "info", fmt: str = "text", path: Optional[str] = None,
+                      colour: bool = True) -> None:
     _LogSettings.level = LOG_LEVELS[level]
     _LogSettings.fmt = fmt
     _LogSettings.path = path
     _LogSettings.stream = open(path, "a", buffering=1) if path else sys.stderr
+    _LogSettings.colours_allowed = colour and not os.environ.get("NO_COLOR")  # no-color.org
+    _LogSettings.colour = _in_colour(_LogSettings.stream)
 
 
-def format_log_line(ts: float, level: str, message: str, service: Optional[str], fmt: str) -> str:
+def _in_colour(stream: Any) -> bool:
+    """Colours on a terminal only, and only where allowed."""
+    try:
+        return _LogSettings.colours_allowed and stream.isatty()
+    except (AttributeError, ValueError):  # no stream, or a closed one
+        return False
+
+
+def name_services(names: List[str]) -> None:
+    """The services of the config, in its order: each gets a colour, and their log lines
+    and output align on the longest name."""
+    _LogSettings.services = {name: SERVICE_COLOURS[i % len(SERVICE_COLOURS)]
+                             for i, name in enumerate(names)}
+    _LogSettings.width = max(map(len, names), default=0)
+
+
+def _paint(text: str, colour: Optional[str], on: bool) -> str:
+    return "\x1b[%sm%s\x1b[0m" % (colour, text) if on and colour else text
+
+
+def _service_name(service: str, colour: bool) -> str:
+    return _paint(service, _LogSettings.services.get(service), colour)
+
+
+def output_prefix(service: str, colour: bool) -> bytes:
+    """What comes before each line of a service's inherited output: its aligned name."""
+    padding = " " * (_LogSettings.width - len(service))
+    return ("%s%s | " % (_service_name(service, colour), padding)).encode()
+
+
+def format_log_line(ts: float, level: str, message: str, service: Optional[str], fmt: str,
+                    colour: bool = False) -> str:
     if fmt == "json":
         return json.dumps({"ts": round(ts, 6), "level": level, "service": service,
                            "message": message})
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + ".%03d" % (ts % 1 * 1000)
-    where = " [%s]" % service if service else ""
-    return "%s %-7s%s %s" % (stamp, level.upper(), where, message)
+    label = _paint("%-7s" % level.upper(), LEVEL_COLOURS[level], colour)
+    if service:
+        padding = " " * (_LogSettings.width - len(service))
+        label += " [%s]%s" % (_service_name(service, colour), padding)
+    return "%s %s %s" % (stamp, label, message)
 
 
 def log(level: str, message: str, service: Optional[str] = None) -> None:
@@ -159,6 +204,8 @@ def log(level: str, message: str, service: Optional[str] = None) -> None:
 def _write_log(entries: List[Tuple[float, str, str, Optional[str]]]) -> None:
     lines = [format_log_line(*entry, _LogSettings.fmt) for entry in entries]
     _LogSettings.recent.add([line.encode() for line in lines])
+    if _LogSettings.colour:
+        lines = [format_log_line(*entry, _LogSettings.fmt, colour=True) for entry in entries]
     text = "".join(line + "\n" for line in lines)
     try:
         _LogSettings.stream.write(text)
@@ -2067,11 +2114,13 @@ class ServiceManager:
         self.processes = processes if processes is not None else default_processes()
         self.timers = Timers(clock)
         self.services = {name: Service(cfg, self.events) for name, cfg in config.services.items()}
+        name_services(list(self.services))
         self.tag_prefix = "%d/" % os.getpid()
         self.allow_fault_injection = False
         self.shutting_down = False
         self.finished = False
         self.exit_code = EXIT_OK
+        self.exit_reason = ""  # why it shut down, for the last log line
         self._by_pid: Dict[int, Service] = {}
         self._watches: Dict[int, int] = {}  # pid -> pidfd
         self._pending_signals: List[int] = []
@@ -2145,12 +2194,13 @@ class ServiceManager:
                 key.data()
             self.monitor_services()
 
-    def shutdown(self, code: int = EXIT_OK) -> None:
+    def shutdown(self, code: int = EXIT_OK, why: str = "") -> None:
         """Stop every service in parallel; the loop ends once all of them are gone."""
         if self.shutting_down:
             return
         self.shutting_down = True
         self.exit_code = code
+        self.exit_reason = why
         log("info", "shutting down")
         self._awaiting.clear()
         self._stop_waves()
@@ -2170,6 +2220,9 @@ class ServiceManager:
         unblock_signals()
         self.events.emit("supervisor_started", None, pid=os.getpid(), version=__version__,
                          config=config_path, respawn_count=respawn_count)
+        log("info", "supervisor %s (pid %d) %s %s: %d services" % (
+            __version__, os.getpid(), "re-executed on" if handoff is not None else "started on",
+            config_path, len(self.services)))
         if handoff is not None:
             self._adopt(handoff)
         else:
@@ -2199,7 +2252,7 @@ class ServiceManager:
                 watch.close()
         if not self.shutting_down:
             log("info", "the parent process is gone; shutting down")
-            self.shutdown()
+            self.shutdown(why="the parent process is gone")
 
     def _install_wakeups(self) -> None:
         reader, writer = socket.socketpair()
@@ -2224,7 +2277,7 @@ class ServiceManager:
         _drain(requests)
         if not self.shutting_down:
             log("info", "shutdown requested through the shutdown event")
-            self.shutdown()
+            self.shutdown(why="shutdown requested through the shutdown event")
 
     def _record_signal(self, signum: int, frame: Any) -> None:
         self._pending_signals.append(signum)
@@ -2256,7 +2309,7 @@ class ServiceManager:
             name = signal.Signals(self._pending_signals.pop(0)).name
             if name in ("SIGTERM", "SIGBREAK") or (name == "SIGINT" and not self.shutting_down):
                 log("info", "received %s" % name)
-                self.shutdown()
+                self.shutdown(why="received %s" % name)
             elif name == "SIGINT":
                 log("warning", "second SIGINT: killing every service now")
                 self._begin_stop(list(self.services.values()))
@@ -2370,11 +2423,14 @@ class ServiceManager:
                     dataclasses.replace(spec, file=path), service.name)
             return lambda lines: target.write(b"\n".join(lines) + b"\n")
         if spec.mode == "inherit":
-            out = getattr(sys.stdout if stream == "stdout" else sys.stderr, "buffer", None)
-            prefix = service.name.encode() + b" | "
+            ours = sys.stdout if stream == "stdout" else sys.stderr
+            out, colour = getattr(ours, "buffer", None), _in_colour(ours)
             forwarder = self._forwarder
-            return lambda lines: forwarder.put(out, b"".join(prefix + line + b"\n"
-                                                             for line in lines))
+
+            def forward(lines: List[bytes]) -> None:
+                prefix = output_prefix(service.name, colour)  # a reload may change the width
+                forwarder.put(out, b"".join(prefix + line + b"\n" for line in lines))
+            return forward
         return lambda lines: None
 
     def _add_pipe(self, pipe: OutputPipe) -> None:
@@ -2683,7 +2739,7 @@ class ServiceManager:
                 {"ok": True, "result": result})))
         elif command == "shutdown":
             reply({"ok": True, "result": "shutting down"})
-            self.shutdown()
+            self.shutdown(why="asked through the control socket")
         elif command == "reexec":
             reply({"ok": True, "result": "re-executing"})
             self._requested = ReexecRequested()
@@ -2772,6 +2828,7 @@ class ServiceManager:
         self.config, self.config_text = new, text
         for name in added:
             self.services[name] = Service(new.services[name], self.events)
+        name_services(list(new.services))
         self._find_dependents()
         for name in removed:
             self._replace(self.services[name], None)
@@ -3375,7 +3432,8 @@ class Runner:
             return EXIT_USAGE
         settings = config.supervisor
         configure_logging(self.args.log_level or settings.log_level,
-                          self.args.log_format or settings.log_format, settings.log_file)
+                          self.args.log_format or settings.log_format, settings.log_file,
+                          colour=not self.args.no_color)
         events = EventStream(self.args.events or settings.events_file)
         manager = ServiceManager(config, events, config_text=config_text)
         manager.allow_fault_injection = self.args.allow_fault_injection
@@ -3410,13 +3468,16 @@ class Runner:
                 limits = settings.self_respawn
                 history = [t for t in history if now - t < limits.window] + [now]
                 if manager.shutting_down or not limits.enabled or len(history) > limits.max:
-                    log("error", "not respawning (%d failures within %ss); stopping everything"
-                        % (len(history), limits.window))
+                    why = "main loop failures: %d within %gs" % (len(history), limits.window)
+                    log("error", "not respawning (%s); stopping everything" % why)
                     self._stop_after_failure(manager)
+                    manager.exit_reason = why
                     break
                 events.emit("self_respawn", None, reason="%s: %s" % (type(exc).__name__, exc),
                             count=respawn_count + 1)
                 self._reexec(manager, history, respawn_count + 1, parent_pid)
+        log("info" if manager.exit_code == EXIT_OK else "error", "exiting with code %d%s" % (
+            manager.exit_code, " (%s)" % manager.exit_reason if manager.exit_reason else ""))
         events.emit("supervisor_exiting", None, code=manager.exit_code)
         manager.close()
         return manager.exit_code
