@@ -46,6 +46,7 @@ import re
 import select
 import selectors
 import shlex
+import shutil
 import signal
 import socket
 import struct
@@ -1831,6 +1832,48 @@ def expand_variables(text: str, env: Mapping[str, str]) -> str:
         value = env.get(match.group(1), "")
         return value if value or match.group(2) is None else match.group(2)
     return VARIABLE.sub(replace, text)
+
+
+def config_warnings(config: Config) -> List[str]:
+    """What ``check`` warns about: a program that is not found or not executable, and a
+    ${VAR} with neither a value nor a default (it expands to nothing)."""
+    return ["%s: warning: services.%s.%s: %s" % (
+        Problem(config.path, service.line, "", ""), service.name, key, message)
+        for service in config.services.values() for key, message in _warnings(service)]
+
+
+def _warnings(service: ServiceConfig) -> Iterator[Tuple[str, str]]:
+    env = dict(os.environ)
+    for name, value in service.env.items():
+        for variable in _unset_variables(value, os.environ):
+            yield "env." + name, "${%s} has no value and no default" % variable
+        env[name] = expand_variables(value, os.environ)
+    for word in service.command:
+        for variable in _unset_variables(word, env):
+            yield "command", "${%s} has no value and no default" % variable
+    if not service.shell:
+        problem = _program_problem(expand_variables(service.command[0], env), env, service.cwd)
+        if problem:
+            yield "command", problem
+
+
+def _unset_variables(text: str, env: Mapping[str, str]) -> List[str]:
+    return [match.group(1) for match in VARIABLE.finditer(text)
+            if match.group(1) and match.group(2) is None and not env.get(match.group(1))]
+
+
+def _program_problem(program: str, env: Mapping[str, str], cwd: Optional[str]) -> Optional[str]:
+    if os.path.basename(program) != program:  # a path: relative to the service's cwd
+        path = os.path.join(cwd or "", program)
+        if not os.path.isfile(path):
+            return "program %r not found" % program
+        return None if os.access(path, os.X_OK) else "program %r is not executable" % program
+    if shutil.which(program, path=env.get("PATH")) is not None:
+        return None
+    folders = (env.get("PATH") or os.defpath).split(os.pathsep)
+    if any(os.path.isfile(os.path.join(folder, program)) for folder in folders if folder):
+        return "program %r is on PATH but not executable" % program
+    return "program %r not found on PATH" % program
 
 
 class Forwarder:
@@ -3653,6 +3696,8 @@ def main(argv: Optional[List[str]] = None, as_script: bool = False) -> int:
             print(exc, file=sys.stderr)
             return EXIT_USAGE
         print("%s: OK (%d services)" % (args.config, len(config.services)))
+        for warning in config_warnings(config):
+            print(warning, file=sys.stderr)
         return EXIT_OK
     if args.command == "run":
         handoff = None

@@ -239,3 +239,51 @@ def test_python_dash_m_pytest_supervisor_reexecutes_the_same_program(tmp_path):
         assert os.path.samefile(cmdline[3], SUPERVISOR)
     finally:
         terminate(proc)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX execute permission")
+def test_check_warns_of_programs_it_cannot_run_and_of_empty_variables(tmp_path):
+    (tmp_path / "job.sh").write_text("#!/bin/sh\n")  # not executable
+    path = write(tmp_path, (
+        "services:\n"
+        "  web:\n"
+        "    command: [pythn, '${PORT}', '${HOST:-localhost}', '$${LITERAL}']\n"
+        "    env: {URL: 'http://${DB_HOST}/', HOME_TOO: '${HOME}'}\n"
+        "  job:\n"
+        "    command: ./job.sh\n"
+        "    cwd: %s\n"
+        "  fine:\n"
+        "    command: [sleep, '1']\n" % tmp_path))
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("PORT", "HOST", "DB_HOST", "LITERAL")}
+    result = subprocess.run([sys.executable, SUPERVISOR, "check", "-c", str(path)],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0
+    assert result.stdout == "%s: OK (3 services)\n" % path
+    assert result.stderr.splitlines() == [
+        "%s:2: warning: services.web.env.URL: ${DB_HOST} has no value and no default" % path,
+        "%s:2: warning: services.web.command: ${PORT} has no value and no default" % path,
+        "%s:2: warning: services.web.command: program 'pythn' not found on PATH" % path,
+        "%s:5: warning: services.job.command: program './job.sh' is not executable" % path,
+    ]
+    (tmp_path / "job.sh").chmod(0o755)
+    quiet = subprocess.run([sys.executable, SUPERVISOR, "check", "-c", str(path)],
+                           capture_output=True, text=True, env=dict(env, PORT="1", DB_HOST="db",
+                                                                    PATH=os.environ["PATH"]))
+    assert quiet.stderr.splitlines() == [
+        "%s:2: warning: services.web.command: program 'pythn' not found on PATH" % path]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX execute permission")
+def test_check_warns_of_a_program_on_path_that_is_not_executable(tmp_path):
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "mytool").write_text("#!/bin/sh\n")
+    path = write(tmp_path, "services:\n  web:\n    command: mytool --serve\n")
+    result = subprocess.run([sys.executable, SUPERVISOR, "check", "-c", str(path)],
+                            capture_output=True, text=True,
+                            env=dict(os.environ, PATH="%s%s%s" % (tools, os.pathsep,
+                                                                   os.environ["PATH"])))
+    assert result.returncode == 0
+    assert result.stderr == ("%s:2: warning: services.web.command: program 'mytool' is on PATH"
+                             " but not executable\n" % path)
