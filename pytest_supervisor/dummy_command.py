@@ -8,13 +8,13 @@ with a suggestion, not a flag the dummy would reject at run time, in another pro
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import os
 import sys
 from pathlib import Path
 
 from pytest_supervisor.errors import HarnessUsageError
+from pytest_supervisor.suggest import did_you_mean
 
 # The dummy's flags as keywords (``--exit-after`` is ``exit_after``): those that take
 # a value, then the switches.
@@ -92,11 +92,6 @@ class DummyService:
         if key not in OPTIONS:
             known = ", ".join(sorted(OPTIONS))
             raise HarnessUsageError(
-                f"unknown dummy service option {key!r}.{_suggestion(key)} Known: {known}."
+                f"unknown dummy service option {key!r}{did_you_mean(key, OPTIONS)}. Known: {known}."
             )
         return "--" + key.replace("_", "-")
-
-
-def _suggestion(key: str) -> str:
-    close = difflib.get_close_matches(key, list(OPTIONS), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""

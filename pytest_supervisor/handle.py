@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, NoReturn
 
 import psutil
 
-from pytest_supervisor import diagnostics, metrics, processes, signals
+from pytest_supervisor import diagnostics, processes, signals
 from pytest_supervisor.errors import (
     HarnessUsageError,
     LaunchError,
@@ -44,6 +44,7 @@ from pytest_supervisor.events import (
     mono_of,
     pid_of_event,
 )
+from pytest_supervisor.report import metrics
 from pytest_supervisor.resources import ResourceSample, ResourceSampler, ResourceSamples
 
 EVENTS_FILE = "events.jsonl"

@@ -11,12 +11,13 @@ from typing import Iterator, NamedTuple
 
 import pytest
 
-from pytest_supervisor import report_plugin, scenario_items
 from pytest_supervisor import settings as settings_module
 from pytest_supervisor.dummy_command import DummyService
 from pytest_supervisor.errors import HarnessUsageError, LaunchError, TeardownFailed
 from pytest_supervisor.factory import SupervisorFactory, default_supervisor_command
 from pytest_supervisor.handle import SupervisorHandle
+from pytest_supervisor.report import plugin as report_plugin
+from pytest_supervisor.scenarios import items as scenario_items
 from pytest_supervisor.settings import PHASES, PluginSettings, Setting
 
 SETTINGS_KEY = pytest.StashKey[PluginSettings]()

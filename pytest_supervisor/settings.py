@@ -7,13 +7,14 @@ Every bad value is reported together with where it came from, e.g.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AbstractSet, Sequence
+
+from pytest_supervisor.suggest import did_you_mean
 
 PHASES = ("unit", "integration", "stress")
 
@@ -108,8 +109,7 @@ def _phases(setting: Setting, problems: list[str]) -> frozenset[str] | None:
     names = [name.strip() for name in setting.value.split(",") if name.strip()]
     unknown = [name for name in names if name not in PHASES]
     if unknown or not names:
-        close = difflib.get_close_matches(unknown[0], PHASES, n=1) if unknown else []
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(unknown[0], PHASES) if unknown else ""
         problems.append(
             setting.problem(f"one or more of {', '.join(PHASES)}, comma-separated{hint}")
         )

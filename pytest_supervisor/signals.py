@@ -13,7 +13,6 @@ there are no POSIX signals to send, whatever names the ``signal`` module defines
 
 from __future__ import annotations
 
-import difflib
 import os
 import signal
 import sys
@@ -23,6 +22,7 @@ from typing import Union
 import psutil
 
 from pytest_supervisor import wine
+from pytest_supervisor.suggest import did_you_mean
 
 PORTABLE_NAMES = ("graceful_stop", "hard_kill", "reload", "interrupt", "reexec", "inject_fault")
 
@@ -166,10 +166,9 @@ def _check_known(name: str) -> None:
     # A misspelt name must fail the test, not turn into a skip.
     if name in PORTABLE_NAMES or name in POSIX_NAMES:
         return
-    close = difflib.get_close_matches(name, PORTABLE_NAMES + POSIX_NAMES, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name, PORTABLE_NAMES + POSIX_NAMES)
     raise ValueError(
-        f"unknown signal {name!r}.{hint} Use a portable name ({', '.join(PORTABLE_NAMES)}),"
+        f"unknown signal {name!r}{hint}. Use a portable name ({', '.join(PORTABLE_NAMES)}),"
         f" a POSIX name such as 'SIGTERM', or a number."
     )
 

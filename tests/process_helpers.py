@@ -1,7 +1,11 @@
-"""Helpers the real-process tests share: reading a dummy's pids file, waiting on what
-other processes write (which sends no event a test could wait on) or for processes to end,
-and the words this OS gives to the harness's kill and to a command line."""
+"""What the tests share (the one home for helpers; fixtures are in conftest.py): running
+supervisor.py's CLI, a ServiceManager without a process behind it, reading a dummy's pids
+file, waiting on what other processes write (which sends no event a test could wait on) or
+for processes to end, a free port, and the words this OS gives to the harness's kill and to
+a command line."""
+import json
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -10,6 +14,9 @@ from pathlib import Path
 import psutil
 
 WINDOWS = sys.platform == "win32"
+ROOT = Path(__file__).resolve().parent.parent
+SUPERVISOR = str(ROOT / "supervisor.py")
+DUMMY = str(ROOT / "dummy_services" / "dummy.py")
 
 # What the harness's kill (the portable "hard_kill") sends, as its messages name it: Windows
 # has no SIGKILL; os.kill calls TerminateProcess, with the number it is given (SIGTERM, 15)
@@ -24,6 +31,30 @@ def command_line(*words):
     return subprocess.list2cmdline(words) if WINDOWS else shlex.join(words)
 
 
+def cli(*args, cwd=None, timeout=60):
+    """``python supervisor.py ARGS``, run to its end, output captured as text."""
+    return subprocess.run([sys.executable, SUPERVISOR, *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def make_manager(services, processes, supervisor_settings=None, clock=None, **options):
+    """A ServiceManager of ``services`` on ``processes``, and the list its events go to.
+
+    With a ``clock``, the events are stamped by it and the manager runs on it."""
+    import supervisor  # here: the tests of other processes run where it may not import
+
+    config = supervisor.parse_config(
+        json.dumps({"supervisor": supervisor_settings or {}, "services": services}), "test.yaml"
+    )
+    events = supervisor.EventStream(None)
+    seen = []
+    events.listeners.append(seen.append)
+    if clock is None:
+        return supervisor.ServiceManager(config, events, processes, **options), seen
+    events.clock = clock
+    return supervisor.ServiceManager(config, events, processes, clock, **options), seen
+
+
 def read_pids(path):
     """{role: [pid, ...]} from a dummy's --pids-file."""
     pids = {}
@@ -31,6 +62,13 @@ def read_pids(path):
         role, pid = line.split()
         pids.setdefault(role, []).append(int(pid))
     return pids
+
+
+def wait_for_role(pids_file, role="daemon"):
+    """The pids a dummy wrote, once ``role`` (a daemon starts asynchronously) is among them."""
+    wait_until(lambda: Path(pids_file).exists() and role in read_pids(pids_file),
+               f"the dummy's {role} to write its pid")
+    return read_pids(pids_file)
 
 
 def wait_until(condition, what, timeout=10.0):
@@ -44,9 +82,16 @@ def wait_until(condition, what, timeout=10.0):
         time.sleep(0.02)
 
 
+def is_running(pid):
+    """Whether ``pid`` runs. A zombie has exited: only its parent has yet to collect it."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def still_alive(pids, timeout=10.0):
-    """The pids among ``pids`` still running after up to ``timeout`` (psutil waits on them).
-    A zombie has exited: only its parent has yet to collect its status."""
+    """The pids among ``pids`` still running after up to ``timeout`` (psutil waits on them)."""
     procs = []
     for pid in pids:
         try:
@@ -54,11 +99,11 @@ def still_alive(pids, timeout=10.0):
         except psutil.NoSuchProcess:
             pass
     _, alive = psutil.wait_procs(procs, timeout=timeout)
-    running = []
-    for proc in alive:
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                running.append(proc.pid)
-        except psutil.NoSuchProcess:
-            pass  # it ended between the wait and the look
-    return running
+    return [proc.pid for proc in alive if is_running(proc.pid)]
+
+
+def free_port():
+    """A loopback TCP port nobody listens on (at the time of asking)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -6,28 +6,15 @@ import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import psutil
 import pytest
-from process_helpers import wait_until
+from process_helpers import ROOT, SUPERVISOR, cli, wait_until
 
 import supervisor
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
-SUPERVISOR = str(ROOT / "supervisor.py")
-
-
-def cli(*args, cwd=None, timeout=30):
-    return subprocess.run(
-        [sys.executable, SUPERVISOR, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def write(tmp_path, text, name="services.yaml"):

@@ -2,37 +2,20 @@
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import stat
 import subprocess
-import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import psutil
 import pytest
+from process_helpers import cli, wait_for_role
 
 pytestmark = pytest.mark.integration
 
-SUPERVISOR = str(Path(__file__).resolve().parent.parent / "supervisor.py")
 posix_only = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="unix sockets")
-
-
-@pytest.fixture
-def control_dir():
-    """A short path: unix socket paths are limited to about 100 bytes."""
-    folder = tempfile.mkdtemp(prefix="svctl-")
-    yield Path(folder) / "ctl"
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def cli(*args, timeout=60):
-    return subprocess.run([sys.executable, SUPERVISOR, *args], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def config(socket_path, services, **supervisor):
@@ -233,12 +216,7 @@ def test_services_left_by_a_sigkilled_supervisor_are_stopped_by_the_next(
         "b": {"command": dummy_service()}})))
     first = supervisor_factory.spawn(str(path))
     old = {n: first.pid_of(n) for n in ("a", "b")}
-    deadline = time.monotonic() + 10
-    while not (pids_file.exists() and "daemon" in pids_file.read_text()):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)  # written by another process: no event to wait on
-    daemon = int([line for line in pids_file.read_text().splitlines()
-                  if line.startswith("daemon")][0].split()[1])
+    daemon, = wait_for_role(pids_file)["daemon"]
     os.kill(first.pid, signal.SIGKILL)
     first.wait_exit(timeout=10)
     survivors = [psutil.Process(p) for p in (*old.values(), daemon)]

@@ -15,9 +15,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
+from process_helpers import is_running, read_pids, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -117,10 +118,7 @@ class Dummies:
 
     def read_pids(self, path: Path) -> dict[str, list[int]]:
         """The pids file as {role: [pid, ...]}; the helpers' pids are kept for cleanup."""
-        pids: dict[str, list[int]] = {}
-        for line in path.read_text().splitlines():
-            role, pid = line.split()
-            pids.setdefault(role, []).append(int(pid))
+        pids: dict[str, list[int]] = read_pids(path)
         for role, role_pids in pids.items():
             if role != "main":
                 self.helper_pids.update(role_pids)
@@ -156,31 +154,9 @@ def dummies(tmp_path: Path) -> Iterator[Dummies]:
         started.cleanup()
 
 
-def is_alive(pid: int) -> bool:
-    """Whether pid is running (POSIX). A zombie is dead, only not yet reaped by its parent."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True  # no /proc (macOS): kill() is all there is to go by
-    return state != "Z"
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = PATIENCE) -> None:
-    """Poll for a condition that no event announces, such as the death of a non-child."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {timeout} s")
-        time.sleep(0.02)
-
-
 def wait_until_gone(pids: set[int] | list[int]) -> None:
-    wait_until(lambda: not any(is_alive(pid) for pid in pids), f"the end of pids {sorted(pids)}")
+    wait_until(lambda: not any(is_running(pid) for pid in pids), f"the end of pids {sorted(pids)}",
+               PATIENCE)
 
 
 @pytest.mark.parametrize("flags, code", [([], 0), (["--exit-code", "3"], 3)])
@@ -260,7 +236,7 @@ def test_grandchildren_share_its_group_and_die_with_it(dummies: Dummies, tmp_pat
     grandchildren = pids["grandchild"]
     assert len(set(grandchildren)) == 2
     for pid in grandchildren:
-        assert is_alive(pid)
+        assert is_running(pid)
         assert os.getpgid(pid) == running.pid
     os.killpg(running.pid, signal.SIGTERM)
     assert running.wait() == -signal.SIGTERM
@@ -287,7 +263,7 @@ def test_grandchildren_ignore_sigterm_along_with_it(dummies: Dummies, tmp_path: 
     os.killpg(running.pid, signal.SIGTERM)
     # The dummy's heartbeats give a helper that did not ignore SIGTERM the time to die.
     running.expect_heartbeats(4)
-    assert all(is_alive(pid) for pid in grandchildren)
+    assert all(is_running(pid) for pid in grandchildren)
     os.killpg(running.pid, signal.SIGKILL)
     assert running.wait() == -signal.SIGKILL
     wait_until_gone(grandchildren)
@@ -303,14 +279,14 @@ def test_daemon_leaves_group_and_session_and_lets_go_of_stdout(dummies: Dummies,
     pids = dummies.read_pids(pids_file)
     assert pids["main"] == [running.pid]
     [daemon] = pids["daemon"]
-    assert is_alive(daemon)
+    assert is_running(daemon)
     assert os.getpgid(daemon) != running.pid
     assert os.getsid(daemon) not in (os.getsid(running.pid), daemon)
     os.killpg(running.pid, signal.SIGKILL)
     assert running.wait() == -signal.SIGKILL
     # Had the daemon kept the dummy's stdout, this would time out instead of reaching EOF.
     assert running.remaining_lines() == []
-    assert is_alive(daemon)
+    assert is_running(daemon)
 
 
 @posix_only
@@ -337,7 +313,7 @@ def test_daemon_and_grandchildren_ignore_sigterm_along_with_it(dummies: Dummies,
         os.kill(pid, signal.SIGTERM)
     # The dummy's heartbeats give a helper that did not ignore SIGTERM the time to die.
     running.expect_heartbeats(4)
-    assert all(is_alive(pid) for pid in helpers)
+    assert all(is_running(pid) for pid in helpers)
 
 
 def test_ready_file_holds_the_pid_before_the_ready_line(dummies: Dummies, tmp_path: Path):

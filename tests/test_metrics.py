@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_supervisor import metrics, report, report_html, targets
-from pytest_supervisor.metrics import Measurements, percentile
+from pytest_supervisor.report import document as report
+from pytest_supervisor.report import html as report_html
+from pytest_supervisor.report import metric_targets as targets
+from pytest_supervisor.report import metrics, writer
+from pytest_supervisor.report.metrics import Measurements, percentile
 
 pytestmark = pytest.mark.unit
 
@@ -331,7 +334,7 @@ def test_a_test_entry_carries_its_phase_metrics_verdicts_and_own_properties() ->
 def test_files_are_plain_json_and_a_page(tmp_path: Path) -> None:
     properties = (("odd", {"ratio": math.inf, "path": Path("/x")}),)
     document = document_of(phase("t", "call", "passed", properties=properties))
-    json_path, html_path = report.write_report(document, tmp_path / "out")
+    json_path, html_path = writer.write_report(document, tmp_path / "out")
     written = json.loads(json_path.read_text())  # strict JSON: no NaN or Infinity
     assert written["tests"][0]["properties"] == [
         ["odd", {"ratio": "inf", "path": str(Path("/x"))}]

@@ -15,11 +15,10 @@ import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import psutil
 import pytest
-from process_helpers import read_pids, wait_until
+from process_helpers import DUMMY, ROOT, is_running, still_alive, wait_for_role, wait_until
 
 import supervisor
 from pytest_supervisor.factory import SupervisorFactory
@@ -29,8 +28,6 @@ pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="the POSIX process backend"),
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
-DUMMY = str(ROOT / "dummy_services" / "dummy.py")
 
 # Runs supervisor.py as it would run on macOS: everything Linux has and macOS lacks is gone.
 # sys.argv[0] names this script, so a self-respawn (execv of sys.argv) comes back through it.
@@ -97,15 +94,13 @@ def test_escaped_daemon_is_found_without_proc_and_killed(like_macos, tmp_path):
     handle = like_macos.spawn({"services": {"svc": {
         "command": dummy("--daemon", "--ignore-sigterm", "--pids-file", str(pids_file)),
         "stop_timeout": 1}}})
-    pids = wait_until(lambda: pids_file.exists() and "daemon" in read_pids(pids_file)
-                      and read_pids(pids_file), "the daemon's pid")
-    daemon = pids["daemon"][0]
+    daemon = wait_for_role(pids_file)["daemon"][0]
     assert psutil.Process(daemon).ppid() != handle.pid  # not re-parented to the supervisor
     handle.signal("graceful_stop")
     assert handle.wait_exit(timeout=20) == 0
     stopped = handle.wait_for("stopped", "svc")
     assert stopped["forced"] is True  # it ignored SIGTERM: found by its tag through psutil
-    assert not psutil.pid_exists(daemon) or psutil.Process(daemon).status() == "zombie"
+    assert not is_running(daemon)
 
 
 def test_services_are_adopted_across_a_self_respawn_without_waitid(like_macos):
@@ -137,9 +132,7 @@ def test_parent_death_signal_ends_the_supervisor_without_pidfd_or_kqueue(tmp_pat
         parent.wait()
         wait_until(lambda: '"supervisor_exiting"' in events.read_text(),
                    "the supervisor to notice its parent died", timeout=20)
-        _, alive = psutil.wait_procs([psutil.Process(p) for p in (supervisor_pid, service)
-                                      if psutil.pid_exists(p)], timeout=10)
-        assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+        assert still_alive([supervisor_pid, service]) == []
     finally:
         try:
             os.killpg(parent.pid, signal.SIGKILL)  # whatever is left of it, if the test failed

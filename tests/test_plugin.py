@@ -385,7 +385,7 @@ def test_dummy_service_builds_commands_and_rejects_unknown_options(
     result.assert_outcomes(passed=1, failed=2)
     result.stdout.fnmatch_lines_random(
         [
-            "*unknown dummy service option 'exit_afer'. Did you mean 'exit_after'? Known: *",
+            "*unknown dummy service option 'exit_afer' (did you mean 'exit_after'?). Known: *",
             "*dummy service option 'daemon' is a switch: pass True or False, not 'yes'",
         ]
     )
@@ -479,7 +479,7 @@ def test_unavailable_signal_skips_and_misspelt_signal_fails(pytester: pytest.Pyt
     result.stdout.fnmatch_lines_random(
         [
             "SKIPPED * reload: * has no reload signal; use the `reload` control command",
-            "*unknown signal 'SIGKIL'. Did you mean 'SIGKILL'? Use a portable name*",
+            "*unknown signal 'SIGKIL' (did you mean 'SIGKILL'?). Use a portable name*",
         ]
     )
 

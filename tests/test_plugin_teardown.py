@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from process_helpers import HARD_KILL, WINDOWS, command_line
+from process_helpers import HARD_KILL, WINDOWS, command_line, is_running, read_pids
 
 pytestmark = pytest.mark.integration
 
@@ -110,8 +110,8 @@ def inner_pytest() -> list[str]:
 
 
 def recorded_pids(path: Path) -> list[int]:
-    """Pids from lines of "ROLE PID" (the dummy's --pids-file format)."""
-    return [int(line.split()[1]) for line in path.read_text().splitlines() if line.strip()]
+    """Every pid of a dummy's --pids-file."""
+    return [pid for pids in read_pids(path).values() for pid in pids]
 
 
 def survivors_of(pids: list[int], timeout: float = 20.0) -> list[str]:
@@ -125,7 +125,7 @@ def survivors_of(pids: list[int], timeout: float = 20.0) -> list[str]:
     deadline = time.monotonic() + timeout
     alive = processes
     while True:
-        alive = [process for process in alive if _running(process)]
+        alive = [process for process in alive if is_running(process.pid)]
         if not alive or time.monotonic() > deadline:
             break
         # These are not our children, and there is no portable way to wait for another
@@ -139,13 +139,6 @@ def survivors_of(pids: list[int], timeout: float = 20.0) -> list[str]:
         except psutil.Error:
             continue  # ended between the check and the kill
     return described
-
-
-def _running(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -185,7 +178,7 @@ def test_leaked_processes_fail_the_test_and_are_killed(
             f"    pid {leaked} (ppid *): * -c 'import time; time.sleep(300)'",
         ]
     )
-    assert not psutil.pid_exists(leaked) or psutil.Process(leaked).status() == "zombie"
+    assert not is_running(leaked)
 
 
 def test_a_supervisor_that_will_not_stop_is_killed_and_reported(

@@ -14,16 +14,15 @@ from typing import List, Tuple
 
 import pytest
 import yaml
-from process_helpers import HARD_KILL
+from process_helpers import HARD_KILL, ROOT
 
 from pytest_supervisor import DummyService, SupervisorFactory, process_limits
-from pytest_supervisor.scenario_document import ScenarioFileError
-from pytest_supervisor.scenario_runner import ScenarioFailure, ScenarioRunner
-from pytest_supervisor.scenarios import fill_yaml_placeholders, load_scenarios
+from pytest_supervisor.scenarios.document import ScenarioFileError
+from pytest_supervisor.scenarios.loader import fill_yaml_placeholders, load_scenarios
+from pytest_supervisor.scenarios.runner import ScenarioFailure, ScenarioRunner
 
 pytest_plugins = ["pytester"]
 
-REPOSITORY = Path(__file__).resolve().parent.parent
 
 # A config with two services, for the cases that need steps about services.
 HEAD = """\
@@ -698,10 +697,10 @@ def test_the_scenarios_folder_is_collected_without_naming_it_as_a_path(
 
 @pytest.mark.unit
 def test_the_guide_shows_real_scenario_files_word_for_word() -> None:
-    guide = (REPOSITORY / "docs" / "scenarios.md").read_text("utf-8")
+    guide = (ROOT / "docs" / "scenarios.md").read_text("utf-8")
     examples = re.findall(
         r"## Example: .*?\n\n`(scenarios/[^`]+)`:\n\n```yaml\n(.*?)```", guide, re.S
     )
     assert len(examples) == 2
     for relative, shown in examples:
-        assert (REPOSITORY / relative).read_text("utf-8") == shown, relative
+        assert (ROOT / relative).read_text("utf-8") == shown, relative

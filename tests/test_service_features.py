@@ -6,17 +6,11 @@ import socket
 import sys
 
 import pytest
-from process_helpers import wait_until
+from process_helpers import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX-only behaviour")
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def events_of(handle, *kinds):

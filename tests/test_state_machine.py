@@ -2,6 +2,7 @@
 
 import signal
 
+import process_helpers
 import pytest
 
 import supervisor
@@ -83,17 +84,9 @@ class FakeProcesses:
 
 
 def make_manager(services, supervisor_settings=None, rng=None):
-    config = supervisor.parse_config(
-        supervisor.json.dumps({"supervisor": supervisor_settings or {}, "services": services}),
-        "test.yaml",
-    )
-    events = supervisor.EventStream(None)
-    seen = []
-    events.listeners.append(seen.append)
     clock = FakeClock()
-    events.clock = clock
-    manager = ServiceManager(
-        config, events, FakeProcesses(), clock, rng=rng or (lambda low, high: 0.0)
+    manager, seen = process_helpers.make_manager(
+        services, FakeProcesses(), supervisor_settings, clock, rng=rng or (lambda low, high: 0.0)
     )
     return manager, seen, clock
 

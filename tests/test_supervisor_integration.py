@@ -11,7 +11,7 @@ import time
 
 import psutil
 import pytest
-from process_helpers import read_pids, still_alive, wait_until
+from process_helpers import still_alive, wait_for_role, wait_until
 
 from pytest_supervisor import wine
 
@@ -40,15 +40,6 @@ def nth(count):
     return predicate
 
 
-
-
-def wait_for_daemon(pids_file):
-    """The pids a dummy wrote, once its daemon (started asynchronously) has added its own."""
-    wait_until(
-        lambda: pids_file.exists() and "daemon" in read_pids(pids_file),
-        "the dummy's daemon to write its pid",
-    )
-    return read_pids(pids_file)
 
 
 def test_always_service_is_respawned_after_sigkill(supervisor_factory, dummy_service):
@@ -167,7 +158,7 @@ def test_stop_kills_grandchildren_and_an_escaped_daemon(
         }
     )
     handle.pid_of("tree")
-    pids = wait_for_daemon(pids_file)
+    pids = wait_for_role(pids_file)
     daemon = psutil.Process(pids["daemon"][0])
     assert os.getsid(daemon.pid) != os.getsid(pids["main"][0])  # it really escaped
     handle.signal("SIGTERM")
@@ -382,7 +373,7 @@ def test_supervisor_reaps_orphans_as_a_subreaper(supervisor_factory, dummy_servi
         }
     )
     handle.pid_of("forker")
-    daemon = wait_for_daemon(pids_file)["daemon"][0]
+    daemon = wait_for_role(pids_file)["daemon"][0]
     assert psutil.Process(daemon).ppid() == handle.pid
     os.kill(daemon, signal.SIGKILL)
     assert still_alive([daemon], timeout=5) == []

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from unittest import mock
 
+import process_helpers
 import pytest
 
 import supervisor
@@ -17,13 +18,9 @@ pytestmark = [pytest.mark.unit,
 
 
 def make_manager(services):
-    config = supervisor.parse_config(json.dumps({"services": services}), "unit.yaml")
-    events = supervisor.EventStream(None)
-    seen = []
-    events.listeners.append(seen.append)
     processes = supervisor.PosixProcesses()
     processes.use_pidfd = False  # no real pids to open a pidfd on
-    return supervisor.ServiceManager(config, events, processes), seen
+    return process_helpers.make_manager(services, processes)
 
 
 def fake_popen(pid):

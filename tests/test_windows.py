@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from process_helpers import read_pids, still_alive, wait_until
+from process_helpers import DUMMY, SUPERVISOR, read_pids, still_alive, wait_until
 
 import supervisor
 from pytest_supervisor.wine import CANNOT_BREAK, under_wine
@@ -26,9 +26,6 @@ pytestmark = [
     pytest.mark.skipif(sys.platform != "win32", reason="the Windows process backend"),
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
-SUPERVISOR = str(ROOT / "supervisor.py")
-DUMMY = str(ROOT / "dummy_services" / "dummy.py")
 
 
 needs_ctrl_break = pytest.mark.skipif(under_wine(), reason=CANNOT_BREAK)

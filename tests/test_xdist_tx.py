@@ -18,9 +18,9 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from process_helpers import ROOT, free_port
 
 pytest_plugins = ["pytester"]
 pytestmark = [
@@ -28,7 +28,6 @@ pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="the gateways are set up for POSIX here"),
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
 WORKER_PACKAGES = ["pytest", "pytest-xdist", "psutil", "PyYAML"]
 
 # What each worker runs: a respawn measured by the plugin, and where it all ran.
@@ -67,12 +66,6 @@ def other_version_interpreter():
         if version and version != ours and tuple(map(int, version.split("."))) >= (3, 8):
             found.append((tuple(map(int, version.split("."))), python))
     return max(found)[1] if found else None
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def worker_report(pytester, monkeypatch):

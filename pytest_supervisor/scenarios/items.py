@@ -20,11 +20,11 @@ import pytest
 from pytest_supervisor import wine
 from pytest_supervisor.dummy_command import DummyService
 from pytest_supervisor.factory import SupervisorFactory
-from pytest_supervisor.scenario_document import ScenarioFileError
-from pytest_supervisor.scenario_runner import ScenarioFailure, ScenarioRunner
-from pytest_supervisor.scenarios import Scenario, load_scenarios
+from pytest_supervisor.report.metric_targets import METRIC_TARGETS
+from pytest_supervisor.scenarios.document import ScenarioFileError
+from pytest_supervisor.scenarios.loader import Scenario, load_scenarios
+from pytest_supervisor.scenarios.runner import ScenarioFailure, ScenarioRunner
 from pytest_supervisor.settings import PluginSettings
-from pytest_supervisor.targets import METRIC_TARGETS
 
 
 def collect_file(

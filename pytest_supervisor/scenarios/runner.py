@@ -30,15 +30,15 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Tuple
 
 from pytest_supervisor import processes
-from pytest_supervisor import scenario_steps as steps
 from pytest_supervisor.errors import HarnessUsageError, SupervisorAssertionError, TeardownFailed
 from pytest_supervisor.events import Event, live_pid, mono_of
 from pytest_supervisor.factory import SupervisorFactory
 from pytest_supervisor.handle import Recorder, SupervisorHandle
 from pytest_supervisor.process_limits import LimitUnavailable, nproc_limited_prefix
 from pytest_supervisor.resources import ResourceSamples
-from pytest_supervisor.scenario_steps import is_pattern
-from pytest_supervisor.scenarios import Scenario, fill_placeholders, fill_yaml_placeholders
+from pytest_supervisor.scenarios import steps
+from pytest_supervisor.scenarios.loader import Scenario, fill_placeholders, fill_yaml_placeholders
+from pytest_supervisor.scenarios.steps import is_pattern
 
 CHECK_TIMEOUT = 60.0  # for one `supervisor check` or `status` command
 SHOWN_FAILURES = 10  # of the services an expect_respawn over a pattern found wanting

@@ -1,5 +1,5 @@
 """The report's pytest hooks: thin wiring from pytest and pytest-xdist to
-:mod:`pytest_supervisor.report`.
+:mod:`pytest_supervisor.report.document`.
 
 :func:`configure` registers one :class:`ReportingPlugin` per run and keeps it in
 ``config.stash``; it is an object rather than module hooks because
@@ -20,8 +20,8 @@ from typing import Any, Generator
 
 import pytest
 
-from pytest_supervisor import report as reporting
-from pytest_supervisor import targets
+from pytest_supervisor.report import document as reporting
+from pytest_supervisor.report import metric_targets, writer
 
 REPORTING_KEY = pytest.StashKey["ReportingPlugin"]()
 _FAILED_KEY = pytest.StashKey[bool]()  # a phase of this test failed
@@ -60,12 +60,12 @@ def configure(config: pytest.Config, directory: Path) -> None:
     )
     origin = f"supervisor_metric_targets ({config.inipath.name if config.inipath else 'ini'})"
     try:
-        ini_targets = targets.parse_lines(config.getini("supervisor_metric_targets"), origin)
-    except targets.TargetError as error:
+        ini_targets = metric_targets.parse_lines(config.getini("supervisor_metric_targets"), origin)
+    except metric_targets.TargetError as error:
         raise pytest.UsageError(f"pytest-supervisor: {error}") from None
     plugin = ReportingPlugin(
         directory,
-        targets.resolve(targets.DEFAULT_TARGETS, ini_targets),
+        metric_targets.resolve(metric_targets.DEFAULT_TARGETS, ini_targets),
         enforce=bool(
             config.getoption("supervisor_enforce_metrics")
             or config.getini("supervisor_enforce_metrics")
@@ -81,7 +81,7 @@ class ReportingPlugin:
     def __init__(
         self,
         directory: Path,
-        run_targets: targets.Targets,
+        run_targets: metric_targets.Targets,
         *,
         enforce: bool,
         worker_output: dict[str, Any] | None,
@@ -106,8 +106,8 @@ class ReportingPlugin:
         if marker.args:
             pytest.fail(f"{origin}: takes targets as keywords, e.g. shutdown=5", pytrace=False)
         try:
-            item.user_properties.append(targets.metric_targets_entry(marker.kwargs, origin))
-        except targets.TargetError as error:
+            item.user_properties.append(metric_targets.metric_targets_entry(marker.kwargs, origin))
+        except metric_targets.TargetError as error:
             pytest.fail(str(error), pytrace=False)
 
     @pytest.hookimpl(hookwrapper=True)
@@ -169,7 +169,7 @@ class ReportingPlugin:
             commit=reporting.commit_info(config.rootpath),
         )
         try:
-            self.written = reporting.write_report(document, self.directory)
+            self.written = writer.write_report(document, self.directory)
         except OSError as error:
             self.write_error = f"cannot write the supervisor report into {self.directory}: {error}"
 

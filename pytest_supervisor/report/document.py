@@ -9,7 +9,7 @@ Two halves, so that one merged report comes out of a pytest-xdist run:
 - Where the run is reported (the xdist controller, or the only process), a
   :class:`ReportCollector` receives every test report -- a worker's arrive with their
   ``user_properties`` -- and each worker's facts from its ``workeroutput``, and
-  :func:`write_report` writes the files.
+  :func:`pytest_supervisor.report.writer.write_report` writes the files.
 
 Metrics and verdicts are computed from the recorded measurements by the same code in
 both places; only measurements and targets travel. Nothing here needs pytest: the
@@ -19,8 +19,6 @@ hooks hand in report objects and plain values.
 from __future__ import annotations
 
 import datetime
-import json
-import math
 import os
 import platform
 import subprocess
@@ -31,14 +29,13 @@ from typing import Any, Mapping, Sequence
 
 import psutil
 
-from pytest_supervisor import diagnostics, metrics, targets
+from pytest_supervisor import diagnostics
+from pytest_supervisor.report import metric_targets, metrics
 from pytest_supervisor.resources import MB
 from pytest_supervisor.settings import PHASES
 
 SCHEMA = "pytest-supervisor-report"
 SCHEMA_VERSION = 1
-JSON_NAME = "report.json"
-HTML_NAME = "report.html"
 
 NO_PHASE = "no phase"  # the summary's group of tests without a phase marker
 LOG_EXCERPT = "supervisor_log_excerpt"  # {supervisor, log, lines}: added for failed tests
@@ -53,7 +50,7 @@ _MEASUREMENTS = frozenset(
         metrics.SUPERVISOR_RUN,
         metrics.LEAKED_PROCESSES,
         "supervisor_events",  # its count is in supervisor_run too
-        targets.METRIC_TARGETS,
+        metric_targets.METRIC_TARGETS,
         LOG_EXCERPT,
     }
 )
@@ -69,7 +66,7 @@ class Conclusion:
     """What a test's teardown report gets, and the targets it missed."""
 
     properties: list[tuple[str, object]]
-    violations: list[targets.Verdict]
+    violations: list[metric_targets.Verdict]
 
     def violation_message(self) -> str:
         lines = ["supervisor metric targets not met (--supervisor-enforce-metrics):"]
@@ -78,7 +75,7 @@ class Conclusion:
 
 
 def conclude_test(
-    properties: Sequence[Sequence[Any]], run_targets: targets.Targets, *, failed: bool
+    properties: Sequence[Sequence[Any]], run_targets: metric_targets.Targets, *, failed: bool
 ) -> Conclusion:
     """Judge one finished test from its ``user_properties``.
 
@@ -90,8 +87,8 @@ def conclude_test(
         measured = metrics.Measurements.from_properties(properties)
     except metrics.MetricsDataError as error:
         return Conclusion([(JUNIT_PREFIX + "metrics_error", str(error))], [])
-    resolved = targets.resolve(run_targets, *targets.targets_in(properties))
-    verdicts = targets.evaluate(measured, resolved)
+    resolved = metric_targets.resolve(run_targets, *metric_targets.targets_in(properties))
+    verdicts = metric_targets.evaluate(measured, resolved)
     added: list[tuple[str, object]] = [
         (JUNIT_PREFIX + name, round(value, 6)) for name, value in measured.summary().items()
     ]
@@ -160,7 +157,7 @@ class _TestRecord:
             return "error"
         return "passed"
 
-    def as_json(self, run_targets: targets.Targets) -> dict[str, Any]:
+    def as_json(self, run_targets: metric_targets.Targets) -> dict[str, Any]:
         last = list(self.phases.values())[-1]  # the teardown's holds every property
         failures = [phase.failure for phase in self.phases.values() if phase.failure]
         entry: dict[str, Any] = {
@@ -189,15 +186,16 @@ class _TestRecord:
             return entry
         if measured.measured_anything:
             entry["metrics"] = measured.as_json()
-        resolved = targets.resolve(run_targets, *targets.targets_in(last.properties))
-        entry["targets"] = [verdict.as_json() for verdict in targets.evaluate(measured, resolved)]
+        resolved = metric_targets.resolve(run_targets, *metric_targets.targets_in(last.properties))
+        verdicts = metric_targets.evaluate(measured, resolved)
+        entry["targets"] = [verdict.as_json() for verdict in verdicts]
         return entry
 
 
 class ReportCollector:
     """Everything reported about a run, turned into the ``report.json`` document."""
 
-    def __init__(self, run_targets: targets.Targets) -> None:
+    def __init__(self, run_targets: metric_targets.Targets) -> None:
         self.run_targets = run_targets
         self._tests: dict[str, _TestRecord] = {}
         self._collection_errors: list[dict[str, str]] = []
@@ -243,7 +241,7 @@ class ReportCollector:
                     "default": definition.default,
                     "run": self.run_targets.get(name),
                 }
-                for name, definition in targets.DEFINITIONS.items()
+                for name, definition in metric_targets.DEFINITIONS.items()
             },
             "summary": _summary(tests),
             "tests": tests,
@@ -332,45 +330,6 @@ def _git(directory: Path, *args: str) -> str | Exception:
         message = done.stderr.strip().splitlines()
         return RuntimeError(message[0] if message else f"git exited with {done.returncode}")
     return done.stdout.strip()
-
-
-# -- writing ------------------------------------------------------------------------------
-
-
-def write_report(document: Mapping[str, Any], directory: Path) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``report.html`` into ``directory``; return their paths.
-
-    Each file is written beside its final name and then renamed, so a reader never
-    sees half a report.
-    """
-    # Imported here: only the process that writes the report needs them (and matplotlib).
-    from pytest_supervisor import report_html, report_plots
-
-    directory.mkdir(parents=True, exist_ok=True)
-    safe = _json_safe(document)
-    json_path = _replace(directory / JSON_NAME, json.dumps(safe, indent=1, allow_nan=False) + "\n")
-    html_path = _replace(directory / HTML_NAME, report_html.render(safe, report_plots.load()))
-    return json_path, html_path
-
-
-def _replace(path: Path, text: str) -> Path:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(text, "utf-8")
-    os.replace(partial, path)
-    return path
-
-
-def _json_safe(value: Any) -> Any:
-    """Plain JSON: what a test recorded may hold other types, or NaN, which JSON lacks."""
-    if isinstance(value, Mapping):
-        return {str(key): _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
 
 
 def _clip(text: str) -> str:

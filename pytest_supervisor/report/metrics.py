@@ -3,7 +3,7 @@
 ``SupervisorHandle`` records plain data with ``record(name, value)``; the pytest plugin
 keeps each record in the test's ``user_properties``, which travel with the test's
 reports (through pytest-xdist too) and land in JUnit XML. This module turns those
-records into one :class:`Measurements` per test; :mod:`pytest_supervisor.targets`
+records into one :class:`Measurements` per test; :mod:`pytest_supervisor.report.metric_targets`
 judges them. Nothing here needs pytest.
 
 The records (name: value), all plain JSON-able data:

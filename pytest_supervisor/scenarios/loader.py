@@ -4,8 +4,8 @@
 combination of its ``matrix`` -- or raises :class:`ScenarioFileError` listing every
 problem with its file:line:column, the step, the key path, what was expected and,
 for a misspelt name, a suggestion. Nothing here needs pytest or a running process:
-the pytest plugin only wraps scenarios in items (:mod:`scenario_items`), and
-:mod:`scenario_runner` executes them.
+the pytest plugin only wraps scenarios in items (:mod:`.items`), and
+:mod:`.runner` executes them.
 
 Expansion happens before validation, so a problem is reported for the combination
 that has it: ``matrix`` values fill ``{key}`` placeholders, then each service template
@@ -16,7 +16,6 @@ placeholders of the running test (``{python}``, ``{dummy}``, ``{tmp}``; ``{file}
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import json
 import re
@@ -26,19 +25,19 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from pytest_supervisor import scenario_steps as steps
-from pytest_supervisor import targets
-from pytest_supervisor.scenario_checks import STEP_BUILDERS, ValueChecker
-from pytest_supervisor.scenario_document import (
+from pytest_supervisor.report.metric_targets import TargetError, Targets, validate
+from pytest_supervisor.scenarios import steps
+from pytest_supervisor.scenarios.checks import STEP_BUILDERS, ValueChecker
+from pytest_supervisor.scenarios.document import (
     Document,
     KeyPath,
     Problems,
     ScenarioFileError,
-    did_you_mean,
     format_path,
     read_document,
 )
 from pytest_supervisor.settings import PHASES
+from pytest_supervisor.suggest import did_you_mean
 
 __all__ = [
     "Scenario",
@@ -86,7 +85,7 @@ class Scenario:
     services: Tuple[str, ...]  # every service of the config
     steps: Tuple[steps.Step, ...]
     uses_status: bool  # an expect_state step asks the supervisor's control socket
-    metric_targets: Optional[targets.Targets]  # for the reports (see pytest_supervisor.targets)
+    metric_targets: Optional[Targets]  # for the reports (see report.metric_targets)
 
 
 def load_scenarios(path: Path, shown_as: str, stress_scale: float = 1.0) -> List[Scenario]:
@@ -303,17 +302,17 @@ class _Checker(ValueChecker):
         self.services, self.services_known = tuple(services), True
         return {**inline, "services": services}, None
 
-    def _metric_targets(self, raw: Any) -> Optional[targets.Targets]:
+    def _metric_targets(self, raw: Any) -> Optional[Targets]:
         if raw is None:
             return None
         if not isinstance(raw, dict):
             self.problems.add(("metric_targets",), "expected a mapping of targets to limits")
             return None
-        valid: targets.Targets = {}
+        valid: Targets = {}
         for name, limit in raw.items():
             try:
-                valid.update(targets.validate({name: limit}, _TARGETS_ORIGIN))
-            except targets.TargetError as error:
+                valid.update(validate({name: limit}, _TARGETS_ORIGIN))
+            except TargetError as error:
                 # The message starts with the origin; the problem names the key instead.
                 message = str(error)[len(_TARGETS_ORIGIN) + 2 :]
                 self.problems.add(("metric_targets", name), message)
@@ -437,8 +436,9 @@ class _Checker(ValueChecker):
             allowed = (*RUNTIME_PLACEHOLDERS, *extra)
             for name in _placeholders(value):
                 if name not in allowed:
-                    close = difflib.get_close_matches(name, (*allowed, *self.matrix_keys), n=1)
-                    suggestion = f" (did you mean {{{close[0]}}}?)" if close else ""
+                    suggestion = did_you_mean(
+                        name, (*allowed, *self.matrix_keys), shown=lambda known: f"{{{known}}}"
+                    )
                     self.problems.add(
                         path,
                         f"unknown placeholder {{{name}}}{suggestion}; known here: "

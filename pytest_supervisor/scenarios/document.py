@@ -11,10 +11,9 @@ document (matrix values, placeholders) keep the positions too.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
@@ -37,14 +36,6 @@ def format_path(path: KeyPath) -> str:
         else:
             text += f".{part}" if text else str(part)
     return text
-
-
-def did_you_mean(word: object, options: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest option, or nothing."""
-    if not isinstance(word, str):
-        return ""
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclass(frozen=True)

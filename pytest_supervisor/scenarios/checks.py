@@ -3,7 +3,7 @@
 :class:`ValueChecker` checks one value at a time -- a number of seconds, a signal, a
 service of the config -- reporting a problem at the value's key path and returning a
 usable stand-in, so that one bad value never hides the next. The builders turn a step's
-mapping into its frozen step (:mod:`scenario_steps`); :mod:`scenarios` reads the file
+mapping into its frozen step (:mod:`.steps`); :mod:`.loader` reads the file
 around them.
 """
 
@@ -15,9 +15,10 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from pytest_supervisor import scenario_steps as steps
-from pytest_supervisor.scenario_document import Document, KeyPath, Problems, did_you_mean
+from pytest_supervisor.scenarios import steps
+from pytest_supervisor.scenarios.document import Document, KeyPath, Problems
 from pytest_supervisor.signals import PORTABLE_NAMES, POSIX_NAMES
+from pytest_supervisor.suggest import did_you_mean
 
 EVENTS = (
     "supervisor_started",

@@ -12,12 +12,12 @@ never asserted a respawn has no respawn targets. Nothing here needs pytest.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Union
 
-from pytest_supervisor.metrics import Measurements
+from pytest_supervisor.report.metrics import Measurements
+from pytest_supervisor.suggest import did_you_mean
 
 # The user_properties entry holding a test's targets (all of them, once resolved).
 METRIC_TARGETS = "metric_targets"
@@ -227,9 +227,10 @@ def targets_in(properties: Sequence[Sequence[Any]]) -> list[Targets]:
 def _known(name: str) -> str:
     if name in DEFINITIONS:
         return name
-    close = difflib.get_close_matches(name, list(DEFINITIONS), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise TargetError(f"unknown metric target {name!r}{hint}; known: {', '.join(DEFINITIONS)}")
+    raise TargetError(
+        f"unknown metric target {name!r}{did_you_mean(name, DEFINITIONS)};"
+        f" known: {', '.join(DEFINITIONS)}"
+    )
 
 
 def _limit(name: str, raw: object) -> Limit:

@@ -15,7 +15,7 @@ import io
 import math
 from typing import Any, Mapping, Sequence
 
-from pytest_supervisor.metrics import percentile
+from pytest_supervisor.report.metrics import percentile
 
 # A long soak samples for hours; more points than this only slow the browser down.
 MAX_PLOTTED_POINTS = 2000

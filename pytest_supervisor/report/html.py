@@ -11,7 +11,8 @@ from __future__ import annotations
 import html
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from pytest_supervisor import report, report_plots
+from pytest_supervisor.report import plots as report_plots
+from pytest_supervisor.report.document import phase_group
 
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
 FAILED_OUTCOMES = ("failed", "error")
@@ -181,7 +182,7 @@ def _plots(
 
 
 def _phase_table(phase: str, tests: Sequence[Mapping[str, Any]]) -> str:
-    in_phase = [test for test in tests if report.phase_group(test) == phase]
+    in_phase = [test for test in tests if phase_group(test) == phase]
     summaries = [test["metrics"]["summary"] if test["metrics"] else {} for test in in_phase]
     # Only the metrics some test of this phase measured: unit tests measure none.
     columns = [column for column in _COLUMNS if any(column[1] in summary for summary in summaries)]
