@@ -10,13 +10,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from process_helpers import SUPERVISOR
 
 import supervisor
 
-SUPERVISOR = str(Path(__file__).resolve().parent.parent / "supervisor.py")
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal; POSIX sh")
 
 CONFIG = """\

@@ -13,13 +13,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from process_helpers import ROOT
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(sys.platform == "win32", reason="pip builds take minutes under wine"),
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
 # What the distribution is built from (pyproject.toml names the rest).
 SOURCES = ("pyproject.toml", "README.md", "supervisor.py", "pytest_supervisor", "dummy_services")
 
