@@ -3304,11 +3304,16 @@ def control_socket_path(config: Config) -> Optional[str]:
     if path != "default":
         return path
     config_path = os.path.realpath(config.path)
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(config_path))[:40]  # sun_path: 108
+    name = "%s-%08x.sock" % (re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(config_path))[:24],
+                             binascii.crc32(config_path.encode()))
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
     folder = os.path.join(runtime, "supervisor") if os.path.isabs(runtime) \
         else os.path.join(os.path.expanduser("~"), ".supervisor")
-    return os.path.join(folder, "%s-%08x.sock" % (name, binascii.crc32(config_path.encode())))
+    if hasattr(socket, "AF_UNIX") and len(os.fsencode(os.path.join(folder, name))) >= 104:
+        # longer than a unix socket's path may be (104 bytes on macOS, 108 on Linux): the
+        # same private folder, in the temp folder (made and checked the same way)
+        folder = os.path.join(tempfile.gettempdir(), "supervisor-%d" % os.getuid())
+    return os.path.join(folder, name)
 
 
 def _private_folder(folder: str) -> None:

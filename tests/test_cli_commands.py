@@ -90,6 +90,18 @@ def test_the_default_socket_is_in_xdg_runtime_dir_when_set(supervisor_factory, h
     assert cli("status", "-c", config, env=env).returncode == 0
 
 
+def test_a_home_too_long_for_a_socket_path_falls_back_to_the_temp_folder(supervisor_factory,
+                                                                         home):
+    long_home = home / ("h" * 100)
+    long_home.mkdir()
+    env = environment(long_home)
+    _, config = spawn(supervisor_factory, env, {"web": talker()})
+    folder = Path(tempfile.gettempdir(), "supervisor-%d" % os.getuid())
+    assert stat.S_IMODE(os.lstat(folder).st_mode) == 0o700
+    assert cli("status", "-c", config, env=env).returncode == 0
+    assert not (long_home / ".supervisor").exists()
+
+
 def test_each_config_has_a_socket_of_its_own(supervisor_factory, home):
     env = environment(home)
     first, first_config = spawn(supervisor_factory, env, {"web": talker()})
