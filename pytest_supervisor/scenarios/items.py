@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Tuple
+from typing import Any, Callable, Iterator, Tuple
 
 import pytest
 
@@ -24,16 +24,6 @@ from pytest_supervisor.report.metric_targets import METRIC_TARGETS
 from pytest_supervisor.scenarios.document import ScenarioFileError
 from pytest_supervisor.scenarios.loader import Scenario, load_scenarios
 from pytest_supervisor.scenarios.runner import ScenarioFailure, ScenarioRunner
-from pytest_supervisor.settings import PluginSettings
-
-
-def collect_file(
-    file_path: Path, parent: pytest.Collector, settings: PluginSettings
-) -> Optional["ScenarioFile"]:
-    """A collector for ``*.yaml`` files in the scenarios folder; other files are not ours."""
-    if file_path.suffix != ".yaml" or not _within(file_path, settings.scenarios_dir):
-        return None
-    return ScenarioFile.from_parent(parent, path=file_path, stress_scale=settings.stress_scale)
 
 
 class ScenarioFile(pytest.File):
@@ -136,14 +126,6 @@ def _invalid_file(problems: str) -> Callable[[], None]:
         pytest.fail(problems, pytrace=False)
 
     return invalid_scenario_file
-
-
-def _within(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-    except ValueError:
-        return False
-    return True
 
 
 def _shown(path: Path, rootpath: Path) -> str:
