@@ -3307,13 +3307,22 @@ def control_socket_path(config: Config) -> Optional[str]:
     name = "%s-%08x.sock" % (re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(config_path))[:24],
                              binascii.crc32(config_path.encode()))
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    folder = os.path.join(runtime, "supervisor") if os.path.isabs(runtime) \
-        else os.path.join(os.path.expanduser("~"), ".supervisor")
-    if hasattr(socket, "AF_UNIX") and len(os.fsencode(os.path.join(folder, name))) >= 104:
-        # longer than a unix socket's path may be (104 bytes on macOS, 108 on Linux): the
-        # same private folder, in the temp folder (made and checked the same way)
+    base = runtime if os.path.isabs(runtime) else os.path.expanduser("~")
+    folder = os.path.join(base, "supervisor" if base == runtime else ".supervisor")
+    if hasattr(socket, "AF_UNIX") and (len(os.fsencode(os.path.join(folder, name))) >= 104
+                                       or not _owned(base)):
+        # longer than a unix socket's path may be (104 bytes on macOS, 108 on Linux), or in
+        # someone else's home (HOME kept across a change of user): a private folder of the
+        # same kind in the temp folder, made and checked the same way
         folder = os.path.join(tempfile.gettempdir(), "supervisor-%d" % os.getuid())
     return os.path.join(folder, name)
+
+
+def _owned(folder: str) -> bool:
+    try:
+        return os.stat(folder).st_uid == os.getuid()
+    except OSError:
+        return False
 
 
 def _private_folder(folder: str) -> None:

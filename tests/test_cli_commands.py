@@ -102,6 +102,18 @@ def test_a_home_too_long_for_a_socket_path_falls_back_to_the_temp_folder(supervi
     assert not (long_home / ".supervisor").exists()
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="giving a folder to another user takes root")
+def test_a_home_of_another_user_falls_back_to_the_temp_folder(supervisor_factory, home):
+    """HOME kept across a change of user (sudo -u, a service manager): not ours to use."""
+    os.chown(home, 65534, 65534)
+    env = environment(home)
+    _, config = spawn(supervisor_factory, env, {"web": talker()})
+    assert len(list(Path(tempfile.gettempdir(), "supervisor-0").glob("config.yaml-*.sock"))) >= 1
+    assert cli("status", "-c", config, env=env).returncode == 0
+    assert not (home / ".supervisor").exists()
+
+
 def test_each_config_has_a_socket_of_its_own(supervisor_factory, home):
     env = environment(home)
     first, first_config = spawn(supervisor_factory, env, {"web": talker()})
