@@ -7,7 +7,8 @@ systems without ``/proc``).
 
 How it is put together, top to bottom:
 
-* **Logging** -- ``log()`` writes human lines (text or JSON) to stderr or a file.
+* **Logging** -- ``log()`` writes human lines (text or JSON) to stderr or a file, in colour
+  on a terminal, and keeps the latest in memory for ``supervisor logs``.
 * **Config** -- YAML is composed into nodes (so every problem carries a line), validated in
   one pass into frozen dataclasses; every problem is collected into one ``ConfigError``.
 * **Event stream** -- one JSON object per line for every state transition (SPEC §4).
@@ -22,7 +23,8 @@ How it is put together, top to bottom:
   with ``os.execv``; the running services are handed over through a small JSON file and
   adopted (same PIDs) by the new image. On Windows an exec cannot keep children, so the
   supervisor restarts in-process instead (same PID) and starts its services again.
-* **CLI** -- ``run`` and ``check``.
+* **CLI** -- ``run``, ``check``, and the commands that talk to a running supervisor through
+  its control socket (``status``, ``start``, ``stop``, ``logs``, ``signal`` ...).
 """
 from __future__ import annotations
 
@@ -3626,7 +3628,8 @@ def _add_location_options(parser: argparse.ArgumentParser, command: Optional[str
                         help="config file (default: ./services.yaml)")
     if command not in ("run", "check"):
         parser.add_argument("--socket", default=default(None), metavar="PATH",
-                            help="control socket (default: the config's, see control_socket)")
+                            help="control socket (default: the config's control_socket, or "
+                            "the default socket of the config)")
 
 
 def _add_command_options(command: str, parser: argparse.ArgumentParser) -> None:
