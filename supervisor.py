@@ -7,7 +7,8 @@ systems without ``/proc``).
 
 How it is put together, top to bottom:
 
-* **Logging** -- ``log()`` writes human lines (text or JSON) to stderr or a file.
+* **Logging** -- ``log()`` writes human lines (text or JSON) to stderr or a file, in colour
+  on a terminal, and keeps the latest in memory for ``supervisor logs``.
 * **Config** -- YAML is composed into nodes (so every problem carries a line), validated in
   one pass into frozen dataclasses; every problem is collected into one ``ConfigError``.
 * **Event stream** -- one JSON object per line for every state transition (SPEC §4).
@@ -22,7 +23,8 @@ How it is put together, top to bottom:
   with ``os.execv``; the running services are handed over through a small JSON file and
   adopted (same PIDs) by the new image. On Windows an exec cannot keep children, so the
   supervisor restarts in-process instead (same PID) and starts its services again.
-* **CLI** -- ``run`` and ``check``.
+* **CLI** -- ``run``, ``check``, and the commands that talk to a running supervisor through
+  its control socket (``status``, ``start``, ``stop``, ``logs``, ``signal`` ...).
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ import re
 import select
 import selectors
 import shlex
+import shutil
 import signal
 import socket
 import stat
@@ -95,26 +98,102 @@ APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 
 LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
+RECENT_BYTES = 32768          # of output kept per service, and of our own log (logs -n)
+RECENT_LINE_BYTES = 4096      # a longer line is kept cut to this
+LOG_TAIL_LINES = 20           # what `logs` shows, and error messages quote of a service's output
+
+
+class RecentLines:
+    """The latest lines of one output -- a service's, or the supervisor's own log -- within
+    RECENT_BYTES, and the ``logs -f`` clients following it."""
+
+    def __init__(self) -> None:
+        self.lines: Deque[bytes] = collections.deque()
+        self.size = 0
+        self.followers: List[Callable[[List[bytes]], bool]] = []  # each says False once gone
+
+    def add(self, lines: List[bytes]) -> None:
+        for line in lines:
+            line = line[:RECENT_LINE_BYTES]
+            self.lines.append(line)
+            self.size += len(line)
+        while self.size > RECENT_BYTES:
+            self.size -= len(self.lines.popleft())
+        if self.followers:
+            self.followers = [follower for follower in self.followers if follower(lines)]
+
+    def last(self, count: int) -> List[bytes]:
+        return list(self.lines)[-count:] if count > 0 else []
+
+
+LEVEL_COLOURS = {"debug": "2", "info": "32", "warning": "33", "error": "1;31"}  # ANSI SGR
+SERVICE_COLOURS = ("36", "35", "34", "33", "32", "96", "95", "94", "93", "92")
+
+
 class _LogSettings:
     level = LOG_LEVELS["info"]
     fmt = "text"
+    path: Optional[str] = None
     stream: Any = sys.stderr
     held: Optional[List[Tuple[float, str, str, Optional[str]]]] = None  # see held_output()
+    recent = RecentLines()  # for `logs` without a name
+    colours_allowed = False  # not turned off by --no-color or NO_COLOR
+    colour = False           # and the log goes to a terminal
+    services: Dict[str, str] = {}  # name -> its colour, in config order
+    width = 0                # of the longest service name: their lines align
 
 
-def configure_logging(level: str = "info", fmt: str = "text", path: Optional[str] = None) -> None:
+def configure_logging(level: str = "info", fmt: str = "text", path: Optional[str] = None,
+                      colour: bool = True) -> None:
     _LogSettings.level = LOG_LEVELS[level]
     _LogSettings.fmt = fmt
+    _LogSettings.path = path
     _LogSettings.stream = open(path, "a", buffering=1) if path else sys.stderr
+    _LogSettings.colours_allowed = colour and not os.environ.get("NO_COLOR")  # no-color.org
+    _LogSettings.colour = _in_colour(_LogSettings.stream)
 
 
-def format_log_line(ts: float, level: str, message: str, service: Optional[str], fmt: str) -> str:
+def _in_colour(stream: Any) -> bool:
+    """Colours on a terminal only, and only where allowed."""
+    try:
+        return _LogSettings.colours_allowed and stream.isatty()
+    except (AttributeError, ValueError):  # no stream, or a closed one
+        return False
+
+
+def name_services(names: List[str]) -> None:
+    """The services of the config, in its order: each gets a colour, and their log lines
+    and output align on the longest name."""
+    _LogSettings.services = {name: SERVICE_COLOURS[i % len(SERVICE_COLOURS)]
+                             for i, name in enumerate(names)}
+    _LogSettings.width = max(map(len, names), default=0)
+
+
+def _paint(text: str, colour: Optional[str], on: bool) -> str:
+    return "\x1b[%sm%s\x1b[0m" % (colour, text) if on and colour else text
+
+
+def _service_name(service: str, colour: bool) -> str:
+    return _paint(service, _LogSettings.services.get(service), colour)
+
+
+def output_prefix(service: str, colour: bool) -> bytes:
+    """What comes before each line of a service's inherited output: its aligned name."""
+    padding = " " * (_LogSettings.width - len(service))
+    return ("%s%s | " % (_service_name(service, colour), padding)).encode()
+
+
+def format_log_line(ts: float, level: str, message: str, service: Optional[str], fmt: str,
+                    colour: bool = False) -> str:
     if fmt == "json":
         return json.dumps({"ts": round(ts, 6), "level": level, "service": service,
                            "message": message})
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + ".%03d" % (ts % 1 * 1000)
-    where = " [%s]" % service if service else ""
-    return "%s %-7s%s %s" % (stamp, level.upper(), where, message)
+    label = _paint("%-7s" % level.upper(), LEVEL_COLOURS[level], colour)
+    if service:
+        padding = " " * (_LogSettings.width - len(service))
+        label += " [%s]%s" % (_service_name(service, colour), padding)
+    return "%s %s %s" % (stamp, label, message)
 
 
 def log(level: str, message: str, service: Optional[str] = None) -> None:
@@ -129,7 +208,11 @@ def log(level: str, message: str, service: Optional[str] = None) -> None:
 
 
 def _write_log(entries: List[Tuple[float, str, str, Optional[str]]]) -> None:
-    text = "".join(format_log_line(*entry, _LogSettings.fmt) + "\n" for entry in entries)
+    lines = [format_log_line(*entry, _LogSettings.fmt) for entry in entries]
+    _LogSettings.recent.add([line.encode() for line in lines])
+    if _LogSettings.colour:
+        lines = [format_log_line(*entry, _LogSettings.fmt, colour=True) for entry in entries]
+    text = "".join(line + "\n" for line in lines)
     try:
         _LogSettings.stream.write(text)
         _LogSettings.stream.flush()
@@ -230,7 +313,7 @@ class SupervisorSettings:
     log_format: str = "text"
     log_file: Optional[str] = None
     events_file: Optional[str] = None
-    control_socket: Optional[str] = None
+    control_socket: Optional[str] = "default"  # a path, "default" (see control_socket_path) or None
     shutdown_timeout: float = 30.0
     self_respawn: SelfRespawn = SelfRespawn()
     state_file: Optional[str] = None
@@ -579,6 +662,15 @@ def _check_output(ch: _Checker, node: yaml.Node, key: str) -> Any:
     return None
 
 
+def _check_control_socket(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    value = _scalar_value(node)
+    if value is False or value is None:  # no control socket
+        return None
+    if isinstance(value, str) and value:
+        return value
+    return ch.expected(node, key, "a path, default or false")
+
+
 def _check_umask(ch: _Checker, node: yaml.Node, key: str) -> Any:
     # YAML already reads 022 as octal; a string is read as octal too ("022", "0o22").
     value = _scalar_value(node)
@@ -632,7 +724,7 @@ _SUPERVISOR_KEYS: Dict[str, _Validator] = {
     "log_format": _choice("text", "json"),
     "log_file": _nullable(_check_text),
     "events_file": _nullable(_check_text),
-    "control_socket": _nullable(_check_text),
+    "control_socket": _check_control_socket,
     "shutdown_timeout": _check_positive_seconds,
     "self_respawn": _section(SelfRespawn, {
         "enabled": _check_boolean,
@@ -945,7 +1037,7 @@ class Service:
         # while starting: the readiness probe, and why the start failed if it did
         self.probe: Optional[ReadinessProbe] = None
         self.start_error: Optional[str] = None
-        self.recent_output: Deque[bytes] = collections.deque(maxlen=RECENT_OUTPUT_LINES)
+        self.output = RecentLines()  # what it wrote to the pipes we read
         self.after_stop: Optional[Callable[[], None]] = None  # restart, or removal on reload
 
     def transition(self, event: str, new_state: State, **fields: Any) -> Dict[str, Any]:
@@ -2310,7 +2402,6 @@ def _scan_psutil(by_session: Dict[int, Set[int]], by_tag: Dict[str, Set[int]]) -
 OUTPUT_CHUNK = 65536          # read at most this much per wake-up, so every pipe gets its turn
 MAX_PARTIAL_LINE = 1 << 20    # a "line" without a newline is passed on in pieces past this
 FORWARD_QUEUE_CHUNKS = 256    # output waiting for our stdout/stderr; beyond it, output is dropped
-RECENT_OUTPUT_LINES = 20      # kept per service for error messages
 # tcp and file probes: neither "a port started listening" nor "a file appeared" wakes
 # anyone portably, so these two re-check at this interval, only while a service starts.
 PROBE_INTERVAL = 0.05
@@ -2328,6 +2419,48 @@ def expand_variables(text: str, env: Mapping[str, str]) -> str:
         value = env.get(match.group(1), "")
         return value if value or match.group(2) is None else match.group(2)
     return VARIABLE.sub(replace, text)
+
+
+def config_warnings(config: Config) -> List[str]:
+    """What ``check`` warns about: a program that is not found or not executable, and a
+    ${VAR} with neither a value nor a default (it expands to nothing)."""
+    return ["%s: warning: services.%s.%s: %s" % (
+        Problem(config.path, service.line, "", ""), service.name, key, message)
+        for service in config.services.values() for key, message in _warnings(service)]
+
+
+def _warnings(service: ServiceConfig) -> Iterator[Tuple[str, str]]:
+    env = dict(os.environ)
+    for name, value in service.env.items():
+        for variable in _unset_variables(value, os.environ):
+            yield "env." + name, "${%s} has no value and no default" % variable
+        env[name] = expand_variables(value, os.environ)
+    for word in service.command:
+        for variable in _unset_variables(word, env):
+            yield "command", "${%s} has no value and no default" % variable
+    if not service.shell:
+        problem = _program_problem(expand_variables(service.command[0], env), env, service.cwd)
+        if problem:
+            yield "command", problem
+
+
+def _unset_variables(text: str, env: Mapping[str, str]) -> List[str]:
+    return [match.group(1) for match in VARIABLE.finditer(text)
+            if match.group(1) and match.group(2) is None and not env.get(match.group(1))]
+
+
+def _program_problem(program: str, env: Mapping[str, str], cwd: Optional[str]) -> Optional[str]:
+    if os.path.basename(program) != program:  # a path: relative to the service's cwd
+        path = os.path.join(cwd or "", program)
+        if not os.path.isfile(path):
+            return "program %r not found" % program
+        return None if os.access(path, os.X_OK) else "program %r is not executable" % program
+    if shutil.which(program, path=env.get("PATH")) is not None:
+        return None
+    folders = (env.get("PATH") or os.defpath).split(os.pathsep)
+    if any(os.path.isfile(os.path.join(folder, program)) for folder in folders if folder):
+        return "program %r is on PATH but not executable" % program
+    return "program %r not found on PATH" % program
 
 
 class Forwarder:
@@ -2482,7 +2615,7 @@ class OutputPipe:
         return True
 
     def _lines(self, lines: List[bytes]) -> None:
-        self.service.recent_output.extend(lines)
+        self.service.output.add(lines)
         for line in lines:
             if self.service.probe is None:
                 break  # none, or it succeeded on an earlier line of this read
@@ -2611,11 +2744,13 @@ class ServiceManager:
         self.processes: Processes = processes if processes is not None else default_processes()
         self.timers = Timers(clock)
         self.services = {name: Service(cfg, self.events) for name, cfg in config.services.items()}
+        name_services(list(self.services))
         self.tag_prefix = "%d/" % os.getpid()
         self.allow_fault_injection = False
         self.shutting_down = False
         self.finished = False
         self.exit_code = EXIT_OK
+        self.exit_reason = ""  # why it shut down, for the last log line
         self._by_pid: Dict[int, Service] = {}
         self._watches: Dict[int, int] = {}  # pid -> pidfd
         self._pending_signals: List[int] = []
@@ -2631,7 +2766,7 @@ class ServiceManager:
         self._find_dependents()
         self.control: Optional[ControlServer] = None
         self._status_rows: Dict[str, Dict[str, Any]] = {}  # status() of this pass, by name
-        self._replies_after_stop: List[Tuple[List[Service], Callable[[], None]]] = []
+        self._replies_after_stop: List[Tuple[List[Service], Callable[[], Any]]] = []
         self._requested: Optional[Exception] = None  # raised by the loop once replies are out
         self._state_write: Optional[Timer] = None
         self._state_written = -STATE_WRITE_DELAY  # clock() of the last state file write
@@ -2693,12 +2828,13 @@ class ServiceManager:
                 key.data()
             self.monitor_services()
 
-    def shutdown(self, code: int = EXIT_OK) -> None:
+    def shutdown(self, code: int = EXIT_OK, why: str = "") -> None:
         """Stop every service in parallel; the loop ends once all of them are gone."""
         if self.shutting_down:
             return
         self.shutting_down = True
         self.exit_code = code
+        self.exit_reason = why
         log("info", "shutting down")
         self._awaiting.clear()
         self._stop_waves()
@@ -2719,6 +2855,9 @@ class ServiceManager:
         self.events.emit("supervisor_started", None, pid=os.getpid(), version=__version__,
                          config=config_path, respawn_count=respawn_count,
                          tree_backend=self.processes.backend)
+        log("info", "supervisor %s (pid %d) %s %s: %d services" % (
+            __version__, os.getpid(), "re-executed on" if handoff is not None else "started on",
+            config_path, len(self.services)))
         if handoff is not None:
             self._adopt(handoff)
         else:
@@ -2779,7 +2918,7 @@ class ServiceManager:
                 watch.close()
         if not self.shutting_down:
             log("info", "the parent process is gone; shutting down")
-            self.shutdown()
+            self.shutdown(why="the parent process is gone")
 
     def _install_wakeups(self) -> None:
         reader, writer = socket.socketpair()
@@ -2803,7 +2942,7 @@ class ServiceManager:
         _drain(requests)
         if not self.shutting_down:
             log("info", "shutdown requested through the shutdown event")
-            self.shutdown()
+            self.shutdown(why="shutdown requested through the shutdown event")
 
     def _record_signal(self, signum: int, frame: Any) -> None:
         self._pending_signals.append(signum)
@@ -2836,7 +2975,7 @@ class ServiceManager:
             name = signal.Signals(self._pending_signals.pop(0)).name
             if name in ("SIGTERM", "SIGBREAK") or (name == "SIGINT" and not self.shutting_down):
                 log("info", "received %s" % name)
-                self.shutdown()
+                self.shutdown(why="received %s" % name)
             elif name == "SIGINT":
                 log("warning", "second SIGINT: killing every service now")
                 self._begin_stop(list(self.services.values()))
@@ -2953,11 +3092,14 @@ class ServiceManager:
                     dataclasses.replace(spec, file=path), service.name)
             return lambda lines: target.write(b"\n".join(lines) + b"\n")
         if spec.mode == "inherit":
-            out = getattr(sys.stdout if stream == "stdout" else sys.stderr, "buffer", None)
-            prefix = service.name.encode() + b" | "
+            ours = sys.stdout if stream == "stdout" else sys.stderr
+            out, colour = getattr(ours, "buffer", None), _in_colour(ours)
             forwarder = self._forwarder
-            return lambda lines: forwarder.put(out, b"".join(prefix + line + b"\n"
-                                                             for line in lines))
+
+            def forward(lines: List[bytes]) -> None:
+                prefix = output_prefix(service.name, colour)  # a reload may change the width
+                forwarder.put(out, b"".join(prefix + line + b"\n" for line in lines))
+            return forward
         return lambda lines: None
 
     def _add_pipe(self, pipe: OutputPipe) -> None:
@@ -3251,8 +3393,8 @@ class ServiceManager:
     # -- the control socket
 
     def open_control(self, inherited: Optional[Dict[str, Any]] = None) -> None:
-        """Listen on ``supervisor.control_socket`` (or keep listening after an exec)."""
-        path = self.config.supervisor.control_socket
+        """Listen on the control socket (or keep listening after an exec)."""
+        path = control_socket_path(self.config)
         if not path:
             return
         self.control = ControlServer(path, self._selector, self.timers, self._control_request)
@@ -3262,7 +3404,7 @@ class ServiceManager:
             self.control.open()
 
     def _control_request(self, request: Dict[str, Any],
-                         reply: Callable[[Dict[str, Any]], None]) -> None:
+                         reply: Callable[[Dict[str, Any]], bool]) -> None:
         command, args = request.get("cmd"), request.get("args") or {}
         try:
             if not isinstance(command, str):
@@ -3273,8 +3415,11 @@ class ServiceManager:
             if not isinstance(args, dict):
                 raise ControlError("args: expected an object")
             names = self._names(args.get("names", []),
-                                allow_empty=command not in ("start", "stop", "restart"))
-            self._control_command(command, names, reply)
+                                allow_empty=command not in ("start", "stop", "restart", "signal"))
+            if command == "logs":
+                self._logs(names if args.get("names") else [], args, reply)
+            else:
+                self._control_command(command, names, args, reply)
         except ControlError as exc:
             reply({"ok": False, "error": str(exc)})
         except ConfigError as exc:
@@ -3285,6 +3430,8 @@ class ServiceManager:
     def _names(self, names: Any, allow_empty: bool) -> List[Service]:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ControlError("names: expected a list of service names")
+        if "all" in names:
+            return list(self.services.values())
         unknown = [n for n in names if n not in self.services]
         if unknown:
             raise ControlError("unknown service%s %s; known: %s" % (
@@ -3294,8 +3441,8 @@ class ServiceManager:
             raise ControlError("names: give at least one service")
         return [self.services[n] for n in names] or list(self.services.values())
 
-    def _control_command(self, command: str, services: List[Service],
-                         reply: Callable[[Dict[str, Any]], None]) -> None:
+    def _control_command(self, command: str, services: List[Service], args: Dict[str, Any],
+                         reply: Callable[[Dict[str, Any]], bool]) -> None:
         if command == "status":
             rows = self._status_rows
             missing = [s for s in services if s.name not in rows]
@@ -3324,15 +3471,57 @@ class ServiceManager:
                 {"ok": True, "result": result})))
         elif command == "shutdown":
             reply({"ok": True, "result": "shutting down"})
-            self.shutdown()
+            self.shutdown(why="asked through the control socket")
         elif command == "reexec":
             reply({"ok": True, "result": "re-executing"})
             self._requested = ReexecRequested()
+        elif command == "signal":
+            reply({"ok": True, "result": self._send_signal(services, args.get("signal"))})
         elif not self.allow_fault_injection:  # "fault": the portable SIGUSR1
             raise ControlError("fault injection is not enabled (--allow-fault-injection)")
         else:
             reply({"ok": True, "result": "raising in the main loop"})
             self._requested = InjectedFault("fault injected by the control socket")
+
+    def _send_signal(self, services: List[Service], signame: Any) -> Dict[str, str]:
+        name = canonical_signal_name(signame)
+        if name is None or not hasattr(signal, name):
+            known = [n for n in signal.Signals.__members__ if n.startswith("SIG")]
+            raise ControlError("not a signal of this system: %r%s" % (
+                signame, _did_you_mean(signame, known, _signal_stem)))
+        idle = ["%s (%s)" % (s.name, s.state.value) for s in services if s.pid is None]
+        if idle:
+            raise ControlError("not running: %s" % ", ".join(idle))
+        sent = {}
+        for service in services:
+            assert service.pid is not None
+            if not self.processes.send(service.pid, name):
+                raise ControlError("cannot send %s to %s (pid %d)" % (
+                    name, service.name, service.pid))
+            log("info", "sent %s to pid %d, as asked" % (name, service.pid), service.name)
+            sent[service.name] = "%s sent to pid %d" % (name, service.pid)
+        return sent
+
+    def _logs(self, services: List[Service], args: Dict[str, Any],
+              reply: Callable[[Dict[str, Any]], bool]) -> None:
+        """The last lines of a service's output (of its file, if it writes one) or of our own
+        log, then with ``follow`` every new line as it comes, until the client leaves."""
+        count, follow = args.get("lines", LOG_TAIL_LINES), bool(args.get("follow"))
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ControlError("lines: expected an integer >= 0")
+        if len(services) > 1:
+            raise ControlError("names: give one service, or none for the supervisor's log")
+        if services:
+            config = services[0].config
+            spec = config.stdout if config.stdout.mode == "file" else config.stderr
+            ring = services[0].output
+            path = expand_variables(str(spec.file), os.environ) if spec.mode == "file" else None
+        else:
+            ring, path = _LogSettings.recent, _LogSettings.path
+        lines = _tail(path, count) if path else ring.last(count)
+        if not reply({"ok": True, "result": _texts(lines), "follow": follow}) or not follow:
+            return
+        ring.followers.append(lambda new: reply({"ok": True, "result": _texts(new)}))
 
     def _send_replies_after_stop(self) -> None:
         waiting = []
@@ -3375,6 +3564,7 @@ class ServiceManager:
         self.config, self.config_text = new, text
         for name in added:
             self.services[name] = Service(new.services[name], self.events)
+        name_services(list(new.services))
         self._find_dependents()
         for name in removed:
             self._replace(self.services[name], None)
@@ -3415,20 +3605,17 @@ class ServiceManager:
         the user's private runtime folder; None (with a warning) where its folder is open to
         other users, who could plant a file naming processes for us to kill."""
         settings = self.config.supervisor
+        socket_path = control_socket_path(self.config)
         if settings.state_file:
             path = os.path.abspath(settings.state_file)
-        elif settings.control_socket:
-            path = os.path.abspath(settings.control_socket) + ".state"
+        elif socket_path:
+            path = os.path.abspath(socket_path) + ".state"
         else:
-            config_path = os.path.realpath(self.config.path)
-            path = os.path.join(runtime_folder(), "%s-%08x.state" % (
-                re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(config_path))[:24],
-                binascii.crc32(config_path.encode())))
+            path = os.path.join(runtime_folder(), _config_file_name(self.config) + ".state")
         try:
-            private_folder(os.path.dirname(path), create=not settings.state_file)
-        except OSError as exc:
-            log("warning", "no state file, so no recovery after a SIGKILL: %s"
-                % (exc.strerror or exc))
+            private_folder(os.path.dirname(path), "state file", create=not settings.state_file)
+        except ControlError as exc:
+            log("warning", "no state file, so no recovery after a SIGKILL: %s" % exc)
             return None
         return path
 
@@ -3625,10 +3812,31 @@ def _command_line(pid: int) -> str:
 
 def _last_lines(service: Service) -> str:
     """The service's last lines of output, for an error message."""
-    if not service.recent_output:
+    lines = [line.decode(errors="replace") for line in service.output.last(LOG_TAIL_LINES)]
+    if not lines:
         return ""
-    lines = (line.decode(errors="replace") for line in service.recent_output)
     return "; its last output:\n" + "\n".join("    " + line for line in lines)
+
+
+def _texts(lines: List[bytes]) -> List[str]:
+    return [line.decode(errors="replace") for line in lines]
+
+
+def _tail(path: str, count: int) -> List[bytes]:
+    """The last ``count`` lines of a file (none if it cannot be read)."""
+    try:
+        with open(path, "rb") as stream:
+            end = stream.seek(0, os.SEEK_END)
+            size = 8192
+            while True:  # read more of the end until it holds enough lines, or is the file
+                start = max(end - size, 0)
+                stream.seek(start)
+                lines = stream.read(end - start).splitlines()
+                if len(lines) > count or start == 0:
+                    return lines[-count:] if count else []
+                size *= 4
+    except OSError:
+        return []
 
 
 def _drain(sock: socket.socket) -> None:
@@ -3645,30 +3853,37 @@ STATE_VERSION = 2
 MAX_STATE_BYTES = 1 << 20
 
 
-def runtime_folder() -> str:
+def runtime_folder(for_socket: bool = False) -> str:
     """The user's private folder for sockets and state: $XDG_RUNTIME_DIR/supervisor, else
-    ~/.supervisor (never the shared temp folder, where others could plant files)."""
+    ~/.supervisor (never the shared temp folder as such, where others could plant files)."""
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    if os.path.isabs(runtime):
-        return os.path.join(runtime, "supervisor")
-    return os.path.join(os.path.expanduser("~"), ".supervisor")
+    base = runtime if os.path.isabs(runtime) else os.path.expanduser("~")
+    folder = os.path.join(base, "supervisor" if base == runtime else ".supervisor")
+    # The longest name we give a socket in it is 24 + 1 + 8 + 5 bytes.
+    if not _owned(base) or for_socket and len(os.fsencode(folder)) + 39 >= 104:
+        # in someone else's home (HOME kept across a change of user), or too long a path for
+        # a unix socket (104 bytes on macOS, 108 on Linux): a private folder of the same kind
+        # in the temp folder, made and checked the same way
+        folder = os.path.join(tempfile.gettempdir(), "supervisor-%d" % os.getuid())
+    return folder
 
 
-def private_folder(folder: str, create: bool = True) -> None:
+def private_folder(folder: str, what: str, create: bool = True) -> None:
     """Make ``folder`` (0700), or accept the one there only if it is a folder, not a link,
-    ours, and closed to others; raise OSError saying what is wrong otherwise."""
+    ours, and closed to others: nobody else may plant a socket or a state file in it.
+    ControlError says what is wrong."""
     if create:
         with contextlib.suppress(FileExistsError):
             os.makedirs(folder, mode=0o700)
     try:
         info = os.lstat(folder)
     except OSError as exc:
-        raise OSError(exc.errno, "folder %s: %s" % (folder, exc.strerror)) from None
+        raise ControlError("%s folder %s: %s" % (what, folder, exc.strerror)) from None
     if not stat.S_ISDIR(info.st_mode):
-        raise OSError(errno.ENOTDIR, "%s is a link or a file, not a folder" % folder)
-    if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o022):
-        raise OSError(errno.EPERM, "folder %s must belong to you and be writable by you alone "
-                      "(chmod 700)" % folder)
+        raise ControlError("%s folder %s is a link or a file, not a folder" % (what, folder))
+    if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o077):
+        raise ControlError("%s folder %s must belong to you and be closed to others "
+                           "(chmod 700)" % (what, folder))
 
 
 def write_private_file(path: str, data: bytes) -> None:
@@ -3758,7 +3973,7 @@ CONTROL_PASS_BUDGET = 0.001
 # Longer numbers are refused: before Python 3.11 reading and writing one costs quadratic time.
 MAX_NUMBER_DIGITS = 100
 CONTROL_COMMANDS = ("status", "start", "stop", "restart", "reload", "reexec", "shutdown",
-                    "fault")
+                    "logs", "signal", "fault")
 
 
 class ControlError(Exception):
@@ -3799,7 +4014,7 @@ class ControlServer:
     """
 
     def __init__(self, path: str, selector: selectors.BaseSelector, timers: Timers,
-                 handle: Callable[[Dict[str, Any], Callable[[Dict[str, Any]], None]], None]):
+                 handle: Callable[[Dict[str, Any], Callable[[Dict[str, Any]], bool]], None]):
         self.path = path
         self.selector = selector
         self.timers = timers
@@ -3822,12 +4037,7 @@ class ControlServer:
         self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
 
     def _bind_unix(self) -> socket.socket:
-        folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        info = os.stat(folder)
-        if info.st_uid != os.getuid() or info.st_mode & 0o077:
-            raise ControlError("control socket folder %s must belong to you and be closed to "
-                               "others (chmod 700)" % folder)
+        private_folder(os.path.dirname(os.path.abspath(self.path)), "control socket")
         if os.path.exists(self.path):
             if _control_answers(self.path):
                 raise ControlError("another supervisor is listening on %s" % self.path)
@@ -3843,6 +4053,7 @@ class ControlServer:
 
     def _bind_loopback(self) -> socket.socket:
         import secrets
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.bind(("127.0.0.1", 0))
         listener.listen(128)
@@ -4009,13 +4220,18 @@ class ControlServer:
                                  % (request.get("v"), PROTOCOL_VERSION)})
             return
         answered = False
+        args = request.get("args")
+        follows = isinstance(args, dict) and bool(args.get("follow"))  # `logs -f`: a stream
 
-        def answer(reply: Dict[str, Any]) -> None:
+        def answer(reply: Dict[str, Any]) -> bool:
+            """Send a reply (one per request, but for a stream); False if the client is gone."""
             nonlocal answered
+            if answered and not follows:
+                return False
             if not answered:
                 answered = True
                 client.unanswered -= 1
-                self._reply(client, dict(reply, id=reply_id))
+            return self._reply(client, dict(reply, id=reply_id))
 
         client.unanswered += 1
         try:
@@ -4024,13 +4240,18 @@ class ControlServer:
             log("error", "a control request failed:\n" + traceback.format_exc())
             answer({"ok": False, "error": "internal error: %s: %s" % (type(exc).__name__, exc)})
 
-    def _reply(self, client: ControlClient, reply: Dict[str, Any], close: bool = False) -> None:
+    def _reply(self, client: ControlClient, reply: Dict[str, Any], close: bool = False) -> bool:
+        """Queue ``reply`` for ``client``; False if the client is gone."""
         if client.sock not in self.clients:
-            return  # it left before its answer was ready
+            return False  # it left before its answer was ready
+        if reply.get("follow") and client.idle is not None:
+            client.idle.cancel()  # it listens to a stream now (logs -f): silence is fine
+            client.idle = None
         reply.setdefault("v", PROTOCOL_VERSION)
         client.outbox += json.dumps(reply).encode() + b"\n"
         client.closing = client.closing or close
         self._flush(client)
+        return client.sock in self.clients
 
     def _flush(self, client: ControlClient) -> None:
         try:
@@ -4061,6 +4282,29 @@ def _short_int(digits: str) -> int:
     return int(digits)
 
 
+def control_socket_path(config: Config) -> Optional[str]:
+    """Where the control socket of ``config`` is: the path it names, None for false, or by
+    default a file named after the config's absolute path in the user's runtime folder."""
+    path = config.supervisor.control_socket
+    if path != "default":
+        return path
+    return os.path.join(runtime_folder(for_socket=True), _config_file_name(config) + ".sock")
+
+
+def _config_file_name(config: Config) -> str:
+    """A file name for ``config``'s socket or state: its name and a checksum of its path."""
+    config_path = os.path.realpath(config.path)
+    return "%s-%08x" % (re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(config_path))[:24],
+                        binascii.crc32(config_path.encode()))
+
+
+def _owned(folder: str) -> bool:
+    try:
+        return os.stat(folder).st_uid == os.getuid()
+    except OSError:
+        return False
+
+
 def _peer_allowed(sock: socket.socket) -> bool:
     """On Linux, only our own uid or root may control us (the socket's mode says the same)."""
     if not hasattr(socket, "SO_PEERCRED"):
@@ -4082,8 +4326,11 @@ class Unreachable(Exception):
     """No supervisor answered on the control socket."""
 
 
-def control_request(path: str, request: Dict[str, Any], timeout: float = 60.0) -> Dict[str, Any]:
-    """Send one request to the supervisor listening at ``path`` and return its reply."""
+def control_request(path: str, request: Dict[str, Any], timeout: float = 60.0,
+                    more: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    """Send one request to the supervisor listening at ``path`` and return its reply. With
+    ``more``, each reply goes to it too, and after a reply that says "follow", so does every
+    one that follows, until the supervisor closes the connection (logs -f)."""
     request = dict(request, v=PROTOCOL_VERSION, id=1)
     try:
         if hasattr(socket, "AF_UNIX"):
@@ -4095,17 +4342,20 @@ def control_request(path: str, request: Dict[str, Any], timeout: float = 60.0) -
                 where = json.load(endpoint)
             sock = socket.create_connection(("127.0.0.1", where["port"]), timeout=timeout)
             request["token"] = where["token"]
-        with sock:
+        with sock, sock.makefile("rb") as replies:
             sock.sendall(json.dumps(request).encode() + b"\n")
-            answer = b""
-            while not answer.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise Unreachable("the supervisor at %s closed the connection" % path)
-                answer += chunk
+            answer = replies.readline()
+            if not answer.endswith(b"\n"):
+                raise Unreachable("the supervisor at %s closed the connection" % path)
+            reply: Dict[str, Any] = json.loads(answer)
+            if more is not None:
+                more(reply)
+                if reply.get("follow"):
+                    sock.settimeout(None)
+                    for answer in replies:
+                        more(json.loads(answer))
     except (OSError, ValueError, KeyError) as exc:
         raise Unreachable("no supervisor answers at %s (%s)" % (path, exc)) from None
-    reply: Dict[str, Any] = json.loads(answer)
     return reply
 
 
@@ -4213,7 +4463,8 @@ class Runner:
             print(ConfigError(problems), file=sys.stderr)
             return EXIT_USAGE
         configure_logging(self.args.log_level or settings.log_level,
-                          self.args.log_format or settings.log_format, settings.log_file)
+                          self.args.log_format or settings.log_format, settings.log_file,
+                          colour=not self.args.no_color)
         events = EventStream(self.args.events or settings.events_file)
         manager = ServiceManager(config, events, config_text=config_text)
         manager.processes.raise_open_files_limit(handoff.get("services_open_files")
@@ -4257,13 +4508,16 @@ class Runner:
                 limits = settings.self_respawn
                 history = [t for t in history if now - t < limits.window] + [now]
                 if manager.shutting_down or not limits.enabled or len(history) > limits.max:
-                    log("error", "not respawning (%d failures within %ss); stopping everything"
-                        % (len(history), limits.window))
+                    why = "main loop failures: %d within %gs" % (len(history), limits.window)
+                    log("error", "not respawning (%s); stopping everything" % why)
                     self._stop_after_failure(manager)
+                    manager.exit_reason = why
                     break
                 events.emit("self_respawn", None, reason="%s: %s" % (type(exc).__name__, exc),
                             count=respawn_count + 1)
                 self._reexec(manager, history, respawn_count + 1, parent_pid)
+        log("info" if manager.exit_code == EXIT_OK else "error", "exiting with code %d%s" % (
+            manager.exit_code, " (%s)" % manager.exit_reason if manager.exit_reason else ""))
         events.emit("supervisor_exiting", None, code=manager.exit_code)
         manager.close()
         return manager.exit_code
@@ -4327,47 +4581,94 @@ class Runner:
 
 # --------------------------------------------------------------------------- CLI
 
-def _add_common_options(parser: argparse.ArgumentParser, top_level: bool) -> None:
-    """Options accepted before and after the subcommand (argparse keeps the last one seen)."""
-    default = (lambda value: value) if top_level else (lambda value: argparse.SUPPRESS)
+# Each subcommand: what it does and a one-line example, as its --help shows them.
+COMMANDS = {
+    "run": ("load the config and supervise its services",
+            "supervisor run -c services.yaml --events events.jsonl"),
+    "check": ("validate the config: exit 0 (warnings do not fail it) or 2 with every error",
+              "supervisor check -c services.yaml"),
+    "status": ("show the services of the running supervisor", "supervisor status web --json"),
+    "start": ("start services (names, or all)", "supervisor start web worker"),
+    "stop": ("stop services (names, or all)", "supervisor stop all"),
+    "restart": ("stop services, then start them (names, or all)", "supervisor restart web"),
+    "reload": ("re-read the config and apply only what changed", "supervisor reload"),
+    "reexec": ("re-execute the supervisor; services keep running", "supervisor reexec"),
+    "shutdown": ("stop every service and the supervisor", "supervisor shutdown"),
+    "logs": ("a service's recent output, or without NAME the supervisor's own log",
+             "supervisor logs web -n 50 -f"),
+    "signal": ("send a signal to a service's main process", "supervisor signal web SIGHUP"),
+}
+EXIT_CODES_AND_SIGNALS = """\
+exit codes:
+  0  success; for run, a clean shutdown
+  1  runtime failure (run: e.g. too many self-respawns; a command the supervisor refused)
+  2  bad config or usage
+  3  no running supervisor answers on the control socket
+
+signals to a running supervisor:
+  SIGTERM, SIGINT  shut down gracefully (a second SIGINT kills every service at once)
+  SIGHUP           reload the config
+  SIGUSR2          re-execute the supervisor; services keep running
+  Windows: Ctrl+C and Ctrl+Break shut down gracefully"""
+
+
+def _add_location_options(parser: argparse.ArgumentParser, command: Optional[str]) -> None:
+    """-c and --socket, accepted before and after the subcommand: after it they only
+    override (argparse would otherwise reset what was given before)."""
+    default = (lambda value: argparse.SUPPRESS) if command else (lambda value: value)
     parser.add_argument("-c", "--config", default=default("services.yaml"), metavar="FILE",
                         help="config file (default: ./services.yaml)")
-    parser.add_argument("--events", default=default(None), metavar="FILE",
-                        help="append the JSON-lines event stream to FILE ('-' = stdout)")
-    parser.add_argument("--log-level", default=default(None), choices=sorted(LOG_LEVELS),
-                        help="overrides supervisor.log_level")
-    parser.add_argument("--log-format", default=default(None), choices=["text", "json"],
-                        help="overrides supervisor.log_format")
-    parser.add_argument("--exit-with-parent", action="store_true", default=default(False),
-                        help="shut down when the process that started the supervisor dies")
-    parser.add_argument("--allow-fault-injection", action="store_true", default=default(False),
-                        help="SIGUSR1 raises inside the main loop (to test self-respawn)")
-    parser.add_argument("--socket", default=default(None), metavar="PATH",
-                        help="control socket (default: the config's supervisor.control_socket)")
-    parser.add_argument("--json", action="store_true", default=default(False),
-                        help="status: print JSON instead of a table")
+    if command not in ("run", "check"):
+        parser.add_argument("--socket", default=default(None), metavar="PATH",
+                            help="control socket (default: the config's control_socket, or "
+                            "the default socket of the config)")
+
+
+def _add_command_options(command: str, parser: argparse.ArgumentParser) -> None:
+    if command == "run":
+        parser.add_argument("--events", metavar="FILE",
+                            help="append the JSON-lines event stream to FILE ('-' = stdout)")
+        parser.add_argument("--log-level", choices=sorted(LOG_LEVELS),
+                            help="overrides supervisor.log_level")
+        parser.add_argument("--log-format", choices=["text", "json"],
+                            help="overrides supervisor.log_format")
+        parser.add_argument("--no-color", action="store_true",
+                            help="no colours in the log, even on a terminal (so does NO_COLOR)")
+        parser.add_argument("--exit-with-parent", action="store_true",
+                            help="shut down when the process that started the supervisor dies")
+        parser.add_argument("--allow-fault-injection", action="store_true",
+                            help="SIGUSR1 raises inside the main loop (to test self-respawn)")
+    elif command == "status":
+        parser.add_argument("names", nargs="*", metavar="NAME", help="default: every service")
+        parser.add_argument("--json", action="store_true", help="JSON instead of a table")
+    elif command in ("start", "stop", "restart"):
+        parser.add_argument("names", nargs="+", metavar="NAME", help="a service, or all")
+    elif command == "logs":
+        parser.add_argument("name", nargs="?", metavar="NAME",
+                            help="a service (default: the supervisor's own log)")
+        parser.add_argument("-n", "--lines", type=int, default=LOG_TAIL_LINES, metavar="N",
+                            help="how many recent lines (default: %d)" % LOG_TAIL_LINES)
+        parser.add_argument("-f", "--follow", action="store_true",
+                            help="then print new lines as they come, until Ctrl+C")
+    elif command == "signal":
+        parser.add_argument("name", metavar="NAME", help="the service")
+        parser.add_argument("signal", metavar="SIG", help="e.g. SIGHUP, HUP or 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="supervisor", description="A compact process supervisor.")
+        prog="supervisor", description="A compact process supervisor.",
+        epilog=EXIT_CODES_AND_SIGNALS, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
-    _add_common_options(parser, top_level=True)
+    _add_location_options(parser, None)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    for name, summary in (("run", "load the config and supervise its services"),
-                          ("check", "validate the config and exit (0 = valid, 2 = errors)"),
-                          ("status", "show the services of the running supervisor"),
-                          ("start", "start services"), ("stop", "stop services"),
-                          ("restart", "stop services, then start them"),
-                          ("reload", "re-read the config and apply only what changed"),
-                          ("reexec", "re-execute the supervisor; services keep running"),
-                          ("shutdown", "stop every service and the supervisor")):
-        command = commands.add_parser(name, help=summary, description=summary)
-        _add_common_options(command, top_level=False)
-        if name in ("status", "start", "stop", "restart"):
-            command.add_argument("names", nargs="*" if name == "status" else "+",
-                                 metavar="NAME")
+    for name, (summary, example) in COMMANDS.items():
+        command = commands.add_parser(
+            name, help=summary, description=summary, epilog="example: " + example,
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_location_options(command, name)
+        _add_command_options(name, command)
     return parser
 
 
@@ -4408,6 +4709,8 @@ def main(argv: Optional[List[str]] = None, as_script: bool = False) -> int:
             print(ConfigError(problems), file=sys.stderr)
             return EXIT_USAGE
         print("%s: OK (%d services)" % (args.config, len(config.services)))
+        for warning in config_warnings(config):
+            print(warning, file=sys.stderr)
         return EXIT_OK
     if args.command == "run":
         handoff = None
@@ -4424,32 +4727,53 @@ def control_command(args: argparse.Namespace) -> int:
     path = args.socket
     if path is None:
         try:
-            path = load_config(args.config).supervisor.control_socket
+            path = control_socket_path(load_config(args.config))
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return EXIT_USAGE
         if path is None:
-            print("%s: supervisor.control_socket is not set, and no --socket was given"
-                  % args.config, file=sys.stderr)
+            print("%s: supervisor.control_socket is false (no control socket), and no --socket "
+                  "was given" % args.config, file=sys.stderr)
             return EXIT_UNREACHABLE
-    request = {"cmd": args.command, "args": {"names": getattr(args, "names", [])}}
+    request = {"cmd": args.command, "args": _request_args(args)}
     try:
-        reply = control_request(path, request)
+        reply = control_request(path, request, more=_print_lines if args.command == "logs"
+                                else None)
     except Unreachable as exc:
         print("cannot reach a running supervisor: %s" % exc, file=sys.stderr)
         return EXIT_UNREACHABLE
+    except KeyboardInterrupt:  # the way to stop `logs -f`
+        return EXIT_OK
     if not reply.get("ok"):
         print("error: %s" % reply.get("error"), file=sys.stderr)
         return EXIT_USAGE if "unknown service" in str(reply.get("error")) else EXIT_FAILURE
     result: Any = reply.get("result")
     if args.command == "status" and not args.json:
         print(format_status(result))
-    elif isinstance(result, dict) and not args.json:
+    elif args.command == "status":
+        print(json.dumps(result, indent=2))
+    elif isinstance(result, dict):
         for key, value in result.items():
             print("%s: %s" % (key, ", ".join(value) if isinstance(value, list) else value))
-    else:
-        print(result if isinstance(result, str) else json.dumps(result, indent=2))
+    elif args.command != "logs":
+        print(result)
     return EXIT_OK
+
+
+def _request_args(args: argparse.Namespace) -> Dict[str, Any]:
+    if args.command == "logs":
+        return {"names": [args.name] if args.name else [], "lines": args.lines,
+                "follow": args.follow}
+    if args.command == "signal":
+        return {"names": [args.name], "signal": args.signal}
+    return {"names": getattr(args, "names", [])}
+
+
+def _print_lines(reply: Dict[str, Any]) -> None:
+    """Print the lines of a `logs` reply as they come."""
+    if reply.get("ok"):
+        sys.stdout.write("".join(line + "\n" for line in reply.get("result") or ()))
+        sys.stdout.flush()
 
 
 def format_status(rows: List[Dict[str, Any]]) -> str:

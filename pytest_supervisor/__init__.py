@@ -9,30 +9,45 @@ The classes exported here need no pytest: :class:`SupervisorFactory` spawns
 supervisors, each a :class:`SupervisorHandle`.
 """
 
-from pytest_supervisor.dummy_command import DummyService
-from pytest_supervisor.errors import (
-    HarnessUsageError,
-    LaunchError,
-    SupervisorAssertionError,
-    TeardownFailed,
-)
-from pytest_supervisor.factory import SupervisorFactory, default_supervisor_command
-from pytest_supervisor.handle import SupervisorHandle
-from pytest_supervisor.resources import ResourceSample, ResourceSamples
-from pytest_supervisor.signals import SignalUnavailable
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # (`X as X`: re-exported)
+    from pytest_supervisor.dummy_command import DummyService as DummyService
+    from pytest_supervisor.errors import HarnessUsageError as HarnessUsageError
+    from pytest_supervisor.errors import LaunchError as LaunchError
+    from pytest_supervisor.errors import SupervisorAssertionError as SupervisorAssertionError
+    from pytest_supervisor.errors import TeardownFailed as TeardownFailed
+    from pytest_supervisor.factory import SupervisorFactory as SupervisorFactory
+    from pytest_supervisor.factory import default_supervisor_command as default_supervisor_command
+    from pytest_supervisor.handle import SupervisorHandle as SupervisorHandle
+    from pytest_supervisor.resources import ResourceSample as ResourceSample
+    from pytest_supervisor.resources import ResourceSamples as ResourceSamples
+    from pytest_supervisor.signals import SignalUnavailable as SignalUnavailable
 
 pytest_plugins = ["pytest_supervisor.plugin"]
 
-__all__ = [
-    "DummyService",
-    "HarnessUsageError",
-    "LaunchError",
-    "ResourceSample",
-    "ResourceSamples",
-    "SignalUnavailable",
-    "SupervisorAssertionError",
-    "SupervisorFactory",
-    "SupervisorHandle",
-    "TeardownFailed",
-    "default_supervisor_command",
-]
+# Where each export lives. They are imported on first use: pytest loads this package in every
+# run where it is installed, and most of those runs never touch them.
+_EXPORTS = {
+    "DummyService": "dummy_command",
+    "HarnessUsageError": "errors",
+    "LaunchError": "errors",
+    "ResourceSample": "resources",
+    "ResourceSamples": "resources",
+    "SignalUnavailable": "signals",
+    "SupervisorAssertionError": "errors",
+    "SupervisorFactory": "factory",
+    "SupervisorHandle": "handle",
+    "TeardownFailed": "errors",
+    "default_supervisor_command": "factory",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

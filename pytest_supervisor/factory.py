@@ -10,6 +10,7 @@ Usable without pytest::
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -37,6 +38,8 @@ from pytest_supervisor.handle import (
 ConfigSource = Union[Mapping[str, object], str, "os.PathLike[str]"]
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
+# What the distribution installs supervisor.py as (see pyproject.toml).
+INSTALLED_SUPERVISOR = "pytest_supervisor_standalone.supervisor"
 
 if TYPE_CHECKING:  # typing_extensions is only needed by type checkers
     from typing_extensions import Self
@@ -49,20 +52,29 @@ TARGET_RECORD = "supervisor_target"
 
 
 def default_supervisor_command() -> tuple[str, ...]:
-    """This distribution's ``supervisor.py``, run by the current interpreter."""
-    spec = importlib.util.find_spec("supervisor")
+    """This distribution's ``supervisor.py``, run by the current interpreter: the installed
+    module (a wheel or an editable install), else, from a checkout on sys.path, the file
+    importable as ``supervisor``."""
+    spec = _find_spec(INSTALLED_SUPERVISOR) or _find_spec("supervisor")
     if spec is None or not spec.origin:
         raise LaunchError(
-            "cannot find the supervisor under test: no importable module 'supervisor'."
-            " Install pytest-supervisor, or name one with --supervisor-cmd."
+            f"cannot find the supervisor under test: no importable module {INSTALLED_SUPERVISOR!r}"
+            " or 'supervisor'. Install pytest-supervisor, or name one with --supervisor-cmd."
         )
     if spec.submodule_search_locations is not None:
         raise LaunchError(
-            f"the importable 'supervisor' ({spec.origin}) is a package, not pytest-supervisor's"
-            " supervisor.py (is supervisord installed here too?). Name the supervisor under"
-            " test with --supervisor-cmd."
+            f"cannot find the supervisor under test: pytest-supervisor is not installed here,"
+            f" and the importable 'supervisor' ({spec.origin}) is a package (supervisord's?),"
+            " not supervisor.py. Install pytest-supervisor, or name one with --supervisor-cmd."
         )
     return (sys.executable, spec.origin)
+
+
+def _find_spec(name: str) -> importlib.machinery.ModuleSpec | None:
+    try:
+        return importlib.util.find_spec(name)
+    except ImportError:  # its package is missing
+        return None
 
 
 def _json_default(value: object) -> str:

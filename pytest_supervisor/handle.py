@@ -64,6 +64,8 @@ KILL_TIMEOUT = 5.0
 Recorder = Callable[[str, object], None]
 Unsupported = Callable[[str], NoReturn]
 
+USAGE_ERROR = 2  # the supervisor's exit code for a bad config or command line
+
 if TYPE_CHECKING:  # typing_extensions is only needed by type checkers
     from typing_extensions import Self
 
@@ -228,9 +230,20 @@ class SupervisorHandle:
         return set_parent_death_signal
 
     def wait_started(self, timeout: float = DEFAULT_TIMEOUT) -> Event:
-        """Wait for ``supervisor_started``; a supervisor that exits first fails here."""
+        """Wait for ``supervisor_started``; a supervisor that exits first fails here, and one
+        that refused its config or command line (exit code 2) says why in the headline."""
         __tracebackhide__ = True
-        return self.wait_for("supervisor_started", timeout=timeout)
+        try:
+            return self.wait_for("supervisor_started", timeout=timeout)
+        except SupervisorAssertionError:
+            if self.returncode != USAGE_ERROR or self._stream.events:
+                raise
+        said = diagnostics.log_tail(self.log_path)
+        if all(line.startswith(str(self.spec.config_path)) for line in said):
+            headline = f"the supervisor refused its config, {self.spec.config_path}:"
+        else:
+            headline = "the supervisor refused to start (exit code 2, a bad command line):"
+        raise SupervisorAssertionError(f"{headline}\n{diagnostics.indent(said)}\n{self._status()}")
 
     # -- what the test reads ---------------------------------------------------
 

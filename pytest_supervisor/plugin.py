@@ -1,26 +1,34 @@
 """pytest hooks and fixtures: options, markers and fixtures wired to the plain classes.
 
 Registered through ``pytest_supervisor.pytest_plugins``, so it is loaded exactly once
-however the package itself was loaded.
+however the package itself was loaded. The plugin is loaded into every pytest run of an
+environment that has it installed: what only a session that uses it needs (the harness, the
+scenario machinery, reports) is imported when first used, so that a project that does not
+use it pays next to nothing.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 import pytest
 
 from pytest_supervisor import settings as settings_module
-from pytest_supervisor.dummy_command import DummyService
-from pytest_supervisor.errors import HarnessUsageError, LaunchError, TeardownFailed
-from pytest_supervisor.factory import SupervisorFactory, default_supervisor_command
-from pytest_supervisor.handle import SupervisorHandle
 from pytest_supervisor.report import plugin as report_plugin
-from pytest_supervisor.scenarios import items as scenario_items
 from pytest_supervisor.settings import PHASES, PluginSettings, Setting
 
+if TYPE_CHECKING:
+    from pytest_supervisor.dummy_command import DummyService
+    from pytest_supervisor.factory import SupervisorFactory
+    from pytest_supervisor.handle import SupervisorHandle
+
 SETTINGS_KEY = pytest.StashKey[PluginSettings]()
+# A test that asks for one of these, or has one of these markers, uses the plugin.
+FIXTURES = frozenset(
+    ("supervisor_factory", "supervisor", "supervisor_config", "dummy_service", "stress_scale")
+)
+MARKERS = frozenset(("supervisor_config", report_plugin.MARKER))
 
 
 class _Option(NamedTuple):
@@ -109,7 +117,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"pytest-supervisor: {error}") from None
     if raw["scenarios_dir"] is not None:
         _collect_scenarios_too(config, config.stash[SETTINGS_KEY].scenarios_dir)
-    report_plugin.configure(config, config.stash[SETTINGS_KEY].report_dir)
+    report_plugin.configure(
+        config, config.stash[SETTINGS_KEY].report_dir, asked=raw["report_dir"] is not None
+    )
 
 
 def _collect_scenarios_too(config: pytest.Config, folder: Path) -> None:
@@ -121,17 +131,18 @@ def _collect_scenarios_too(config: pytest.Config, folder: Path) -> None:
     config.args.append(str(folder))
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    try:
-        command = get_settings(config).supervisor_cmd or default_supervisor_command()
-    except LaunchError:
-        return (
-            "supervisor under test: none found (install pytest-supervisor or pass --supervisor-cmd)"
-        )
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Names the supervisor under test when one was named (a run that does not use the plugin
+    prints nothing)."""
+    command = get_settings(config).supervisor_cmd
+    if command is None:
+        return None
     return f"supervisor under test: {settings_module.format_command(command)}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if any(_uses_plugin(item) for item in items):
+        _mark_used(config)
     settings = get_settings(config)
     if settings.phases is None:
         return
@@ -145,9 +156,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = kept
 
 
+def _uses_plugin(item: pytest.Item) -> bool:
+    fixtures = getattr(item, "fixturenames", ())  # scenario items ask for the fixtures too
+    return bool(FIXTURES.intersection(fixtures)) or any(
+        item.get_closest_marker(name) is not None for name in MARKERS
+    )
+
+
+def _mark_used(config: pytest.Config) -> None:
+    """This run uses the plugin: its report is written."""
+    config.stash[report_plugin.REPORTING_KEY].used = True
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     """YAML scenario files in the scenarios folder (SPEC section 6) become test items."""
-    return scenario_items.collect_file(file_path, parent, get_settings(parent.config))
+    settings = get_settings(parent.config)
+    if file_path.suffix != ".yaml" or not _within(file_path, settings.scenarios_dir):
+        return None
+    from pytest_supervisor.scenarios.items import ScenarioFile
+
+    return ScenarioFile.from_parent(
+        parent, path=file_path, stress_scale=settings.stress_scale, targets=settings.targets
+    )
+
+
+def _within(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
 
 
 def get_settings(config: pytest.Config) -> PluginSettings:
@@ -195,6 +233,10 @@ def supervisor_factory(
     supervisor_target: str,
 ) -> Iterator[SupervisorFactory]:
     """Spawns supervisors (``spawn(config, **options)``); all are torn down after the test."""
+    from pytest_supervisor.errors import LaunchError, TeardownFailed
+    from pytest_supervisor.factory import SupervisorFactory, default_supervisor_command
+
+    _mark_used(request.config)
     settings = get_settings(request.config)
     command = settings.supervisor_cmd
     if command is None and supervisor_target == "ours":
@@ -235,6 +277,8 @@ def supervisor(
     request: pytest.FixtureRequest, supervisor_factory: SupervisorFactory
 ) -> SupervisorHandle:
     """A supervisor started on the config of ``@pytest.mark.supervisor_config(...)``."""
+    from pytest_supervisor.errors import HarnessUsageError, SupervisorAssertionError
+
     marker = request.node.get_closest_marker("supervisor_config")
     if marker is None:
         return supervisor_factory.spawn(request.getfixturevalue("supervisor_config"))
@@ -247,12 +291,18 @@ def supervisor(
     try:
         return supervisor_factory.spawn(marker.args[0], **marker.kwargs)
     except (TypeError, HarnessUsageError) as error:
-        pytest.fail(f"@pytest.mark.supervisor_config: {error}", pytrace=False)
+        failure = f"@pytest.mark.supervisor_config: {error}"
+    except SupervisorAssertionError as error:  # it did not start: its words, not our code
+        failure = str(error)
+    pytest.fail(failure, pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def dummy_service() -> DummyService:
     """Builds commands for the dummy service: ``dummy_service(exit_after=1, exit_code=3)``."""
+    from pytest_supervisor.dummy_command import DummyService
+    from pytest_supervisor.errors import HarnessUsageError
+
     try:
         return DummyService.locate()
     except HarnessUsageError as error:

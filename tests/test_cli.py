@@ -106,18 +106,17 @@ def test_without_c_the_config_is_services_yaml_in_the_current_folder(tmp_path):
 def test_python_dash_m_and_the_console_script_are_the_same_program(tmp_path):
     path = write(tmp_path, "services:\n  web:\n    command: sleep 1\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    by_module = subprocess.run(
-        [sys.executable, "-m", "supervisor", "check", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert by_module.returncode == 0 and "OK (1 services)" in by_module.stdout
+    runs = {}
+    for module in ("supervisor", "pytest_supervisor"):  # the drop-in file; the installed one
+        runs[module] = subprocess.run([sys.executable, "-m", module, "check", "-c", str(path)],
+                                      capture_output=True, text=True, env=env)
+        assert runs[module].returncode == 0 and "OK (1 services)" in runs[module].stdout
+    assert runs["supervisor"].stdout == runs["pytest_supervisor"].stdout
     script = shutil.which("supervisor", path=os.path.dirname(sys.executable))
     if script is None:
         pytest.skip("the console script is not installed next to this interpreter")
     by_script = subprocess.run([script, "check", "-c", str(path)], capture_output=True, text=True)
-    assert by_script.returncode == 0 and by_script.stdout == by_module.stdout
+    assert by_script.returncode == 0 and by_script.stdout == runs["supervisor"].stdout
 
 
 def test_the_demo_config_is_valid():
@@ -208,3 +207,70 @@ def test_run_as_a_script_reexecutes_itself_as_an_import_in_the_same_process(tmp_
 
 def read_events(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="only POSIX exec keeps the PID")
+def test_python_dash_m_pytest_supervisor_reexecutes_the_same_program(tmp_path):
+    """`python -m pytest_supervisor run`: a re-exec (SIGUSR2) runs supervisor.py again, as an
+    import, and adopts the service."""
+    path = write(tmp_path, "services:\n  web:\n    command: sleep 600\n")
+    events = tmp_path / "events"
+    proc, _ = run_until_spawned(["-m", "pytest_supervisor", "run", "-c", str(path),
+                                 "--events", str(events)])
+    try:
+        proc.send_signal(signal.SIGUSR2)
+        wait_until(lambda: [e for e in read_events(events) if e["event"] == "adopted"],
+                   "the re-exec")
+        cmdline = psutil.Process(proc.pid).cmdline()
+        assert cmdline[1:3] == ["-c", supervisor._RUN_AS_IMPORT]
+        assert os.path.samefile(cmdline[3], SUPERVISOR)
+    finally:
+        terminate(proc)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX execute permission")
+def test_check_warns_of_programs_it_cannot_run_and_of_empty_variables(tmp_path):
+    (tmp_path / "job.sh").write_text("#!/bin/sh\n")  # not executable
+    path = write(tmp_path, (
+        "services:\n"
+        "  web:\n"
+        "    command: [pythn, '${PORT}', '${HOST:-localhost}', '$${LITERAL}']\n"
+        "    env: {URL: 'http://${DB_HOST}/', HOME_TOO: '${HOME}'}\n"
+        "  job:\n"
+        "    command: ./job.sh\n"
+        "    cwd: %s\n"
+        "  fine:\n"
+        "    command: [sleep, '1']\n" % tmp_path))
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("PORT", "HOST", "DB_HOST", "LITERAL")}
+    result = subprocess.run([sys.executable, SUPERVISOR, "check", "-c", str(path)],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0
+    assert result.stdout == "%s: OK (3 services)\n" % path
+    assert result.stderr.splitlines() == [
+        "%s:2: warning: services.web.env.URL: ${DB_HOST} has no value and no default" % path,
+        "%s:2: warning: services.web.command: ${PORT} has no value and no default" % path,
+        "%s:2: warning: services.web.command: program 'pythn' not found on PATH" % path,
+        "%s:5: warning: services.job.command: program './job.sh' is not executable" % path,
+    ]
+    (tmp_path / "job.sh").chmod(0o755)
+    quiet = subprocess.run([sys.executable, SUPERVISOR, "check", "-c", str(path)],
+                           capture_output=True, text=True, env=dict(env, PORT="1", DB_HOST="db",
+                                                                    PATH=os.environ["PATH"]))
+    assert quiet.stderr.splitlines() == [
+        "%s:2: warning: services.web.command: program 'pythn' not found on PATH" % path]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX execute permission")
+def test_check_warns_of_a_program_on_path_that_is_not_executable(tmp_path):
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "mytool").write_text("#!/bin/sh\n")
+    path = write(tmp_path, "services:\n  web:\n    command: mytool --serve\n")
+    result = subprocess.run([sys.executable, SUPERVISOR, "check", "-c", str(path)],
+                            capture_output=True, text=True,
+                            env=dict(os.environ, PATH="%s%s%s" % (tools, os.pathsep,
+                                                                   os.environ["PATH"])))
+    assert result.returncode == 0
+    assert result.stderr == ("%s:2: warning: services.web.command: program 'mytool' is on PATH"
+                             " but not executable\n" % path)

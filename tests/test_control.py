@@ -111,12 +111,13 @@ def test_no_supervisor_answering_exits_3(control_dir):
     assert result.stderr.startswith("cannot reach a running supervisor: no supervisor answers at")
 
 
-def test_no_socket_configured_exits_3(tmp_path):
+def test_control_socket_false_exits_3(tmp_path):
     path = tmp_path / "services.yaml"
-    path.write_text("services:\n  a: {command: x}\n")
+    path.write_text("supervisor:\n  control_socket: false\nservices:\n  a: {command: x}\n")
     result = cli("status", "-c", str(path))
     assert result.returncode == 3
-    assert "supervisor.control_socket is not set, and no --socket was given" in result.stderr
+    assert result.stderr == ("%s: supervisor.control_socket is false (no control socket), and no"
+                             " --socket was given\n" % path)
 
 
 @posix_only

@@ -353,11 +353,11 @@ def test_commit_info_of_a_git_checkout_and_of_no_checkout(
         no_git.setenv("PATH", str(tmp_path))
         without = report.commit_info(tmp_path)
     assert (without["id"], without["project"]) == (None, tmp_path.name)
-    assert without["error"].startswith("cannot run git: ")
+    assert without["error"] == "git is not installed"
     git_runs = shutil.which("git") is not None
     outside = report.commit_info(tmp_path)
     assert outside["id"] is None
-    assert ("not a git repository" if git_runs else "cannot run git: ") in outside["error"]
+    assert outside["error"] == ("not a git checkout" if git_runs else "git is not installed")
     if not git_runs:
         return  # a checkout cannot be made, nor read: what follows needs git
 

@@ -713,8 +713,9 @@ def test_waits_that_time_out_or_outlive_the_supervisor(pytester: pytest.Pytester
             handle = supervisor_factory.spawn(config(dummy_service))
             handle.wait_for("ready", "web", timeout=0.3)
 
-        def test_bad_config(supervisor_factory):
-            supervisor_factory.spawn({"services": {"web": {"command": ["x"], "restrat": 1}}})
+        def test_no_start(supervisor_factory):
+            supervisor_factory.spawn({"services": {"web": {"command": ["x"]}}},
+                                     args=["--frobnicate"])
         """,
     )
     result = run(pytester)
@@ -722,8 +723,33 @@ def test_waits_that_time_out_or_outlive_the_supervisor(pytester: pytest.Pytester
     result.stdout.fnmatch_lines_random(
         [
             "E * no 'ready' event for service 'web' within 0.3s",
-            "E * no 'supervisor_started' event before the supervisor exited",
+            "E * the supervisor refused to start (exit code 2, a bad command line):",
+            "E * error: unrecognized arguments: --frobnicate",
             "E * supervisor 'supervisor' (pid *): exited with code 2",
-            "E *restrat*",
         ]
     )
+
+
+def test_a_config_error_is_the_headline(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.supervisor_config({"services": {"web": {"command": ["x"], "restrat": 1}}})
+        def test_bad_config(supervisor):
+            pass
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at setup of test_bad_config*",
+            "the supervisor refused its config, *config.yaml:",
+            "    *config.yaml:*: services.web.restrat: unknown key (did you mean 'restart'?)",
+            "supervisor 'supervisor' (pid *): exited with code 2",
+        ]
+    )
+    assert "supervisor_started" not in result.stdout.str()
+    assert "def supervisor(" not in result.stdout.str()  # no traceback through the plugin
+    assert "During handling" not in result.stdout.str()

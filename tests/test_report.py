@@ -125,6 +125,9 @@ def test_report_of_real_supervisors(pytester: pytest.Pytester) -> None:
     assert (document["schema"], document["schema_version"]) == ("pytest-supervisor-report", 1)
     assert document["machine_info"]["python_version"]
     assert document["commit_info"]["id"] is None  # pytester's folder is no git checkout
+    assert document["commit_info"]["error"] == "not a git checkout"
+    html = (pytester.path / "out" / "report.html").read_text("utf-8")
+    assert "no commit (not a git checkout)" in html and "fatal" not in html
     tests = by_name(document)
 
     respawns = tests["test_respawns"]
@@ -338,3 +341,13 @@ def test_the_page_checks_catch_a_broken_page(tmp_path: Path) -> None:
     _, console = open_in_chromium(page, tmp_path / "profile")
     assert len(console) == 2
     assert '"plot failed"' in console[0] and "missing is not defined" in console[1]
+
+
+def test_commit_info_of_a_checkout_without_a_commit_says_so(tmp_path: Path) -> None:
+    from pytest_supervisor.report.document import commit_info
+
+    if shutil.which("git") is None:
+        pytest.skip("no git to make a checkout with")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    assert commit_info(tmp_path) == {
+        "id": None, "project": tmp_path.name, "error": "a git checkout without any commit yet"}

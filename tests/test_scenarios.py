@@ -3,6 +3,7 @@ supervisor without pytest, and scenario files collected and run by pytest (pytes
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -202,10 +203,10 @@ INVALID = {
         "s.yaml:3:14: config_file: cannot read {folder}/nowhere.yaml: No such file or directory",
     ),
     "expect_state without a control socket": (
-        "name: n\nphase: unit\nconfig_file: plain.yaml\nsteps:\n  - start: {}\n"
+        "name: n\nphase: unit\nconfig_file: nosocket.yaml\nsteps:\n  - start: {}\n"
         "  - expect_state: {service: web, state: running}\n",
-        "s.yaml:3:14: config_file: expect_state asks the supervisor through its control socket:"
-        " set supervisor.control_socket in plain.yaml, or use an inline config",
+        "s.yaml:3:14: config_file: expect_state asks the supervisor through its control socket,"
+        " which nosocket.yaml turns off (supervisor.control_socket: false)",
     ),
     "check without a config": (
         "name: n\nphase: unit\nsteps:\n  - check: {expect_exit: 0}\n",
@@ -254,6 +255,8 @@ def write_scenario(folder: Path, text: str, name: str = "s.yaml") -> Path:
 @pytest.mark.parametrize("text, expected", INVALID.values(), ids=INVALID.keys())
 def test_each_kind_of_error_names_where_and_what(tmp_path: Path, text: str, expected: str) -> None:
     (tmp_path / "plain.yaml").write_text("services:\n  web: {command: x}\n", "utf-8")
+    (tmp_path / "nosocket.yaml").write_text(
+        "supervisor: {control_socket: false}\nservices:\n  web: {command: x}\n", "utf-8")
     path = write_scenario(tmp_path, text)
     with pytest.raises(ScenarioFileError) as raised:
         load_scenarios(path, "s.yaml")
@@ -705,3 +708,16 @@ def test_the_guide_shows_real_scenario_files_word_for_word() -> None:
     assert len(examples) == 2
     for relative, shown in examples:
         assert (ROOT / relative).read_text("utf-8") == shown, relative
+
+
+@pytest.mark.integration
+def test_expect_state_with_a_config_file_uses_its_default_control_socket(tmp_path: Path) -> None:
+    dummy = DummyService.locate()
+    (tmp_path / "web.yaml").write_text(
+        "services:\n  web:\n    command: %s\n" % json.dumps(
+            [sys.executable, str(dummy.folder / "dummy.py"), "--name", "web"]), "utf-8")
+    _, failure = run_without_pytest(tmp_path, (
+        "name: n\nphase: integration\nconfig_file: web.yaml\nsteps:\n  - start: {}\n"
+        "  - wait: {event: spawned, service: web}\n"
+        "  - expect_state: {service: web, state: running}\n"))
+    assert failure is None

@@ -212,6 +212,7 @@ def test_only_a_script_run_of_run_reexecutes():
 
 
 def test_log_text_format():
+    supervisor.name_services(["web"])  # (the alignment width is the longest service name)
     line = supervisor.format_log_line(0.25, "warning", "pid 7 exited", "web", "text")
     assert line.endswith(".250 WARNING [web] pid 7 exited")
     assert supervisor.format_log_line(0.0, "info", "hello", None, "text").endswith(
@@ -225,6 +226,7 @@ def test_log_json_format():
 
 
 def test_log_respects_the_level(capsys):
+    supervisor.name_services(["svc"])
     supervisor.configure_logging("warning", "text")
     try:
         supervisor.log("info", "quiet")
@@ -252,6 +254,7 @@ def test_held_output_is_written_in_order_when_the_outer_block_ends_even_on_error
     ticks = iter(range(10))
     events = supervisor.EventStream(str(path), clock=lambda: float(next(ticks)))
     supervisor.configure_logging("info", "text")  # to the stderr capsys captures
+    supervisor.name_services(["web"])
     with pytest.raises(RuntimeError):
         with supervisor.held_output(events):
             events.emit("exited", "web", pid=1)

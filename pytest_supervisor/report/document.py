@@ -325,16 +325,36 @@ def commit_info(directory: Path) -> dict[str, Any]:
     }
 
 
+# What git's errors (in English: LC_ALL=C) mean for the report, in its words.
+_GIT_ERRORS = (
+    ("not a git repository", "not a git checkout"),
+    ("does not have any commits", "a git checkout without any commit yet"),
+    ("unknown revision or path", "a git checkout without any commit yet"),
+    ("dubious ownership", "a git checkout of another user, which git refuses to read"),
+)
+
+
 def _git(directory: Path, *args: str) -> str | Exception:
     try:
         done = subprocess.run(
-            ["git", *args], cwd=str(directory), capture_output=True, text=True, timeout=10
+            ["git", *args],
+            cwd=str(directory),
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env={**os.environ, "LC_ALL": "C"},
         )
+    except FileNotFoundError:
+        return RuntimeError("git is not installed")
     except (OSError, subprocess.SubprocessError) as error:
         return RuntimeError(f"cannot run git: {error}")
     if done.returncode != 0:
-        message = done.stderr.strip().splitlines()
-        return RuntimeError(message[0] if message else f"git exited with {done.returncode}")
+        said = done.stderr.strip()
+        for words, meaning in _GIT_ERRORS:
+            if words in said:
+                return RuntimeError(meaning)
+        first = said.splitlines()[0] if said else f"exit status {done.returncode}"
+        return RuntimeError(f"git {args[0]} failed: {first}")
     return done.stdout.strip()
 
 

@@ -9,6 +9,11 @@ Under pytest-xdist each worker judges its own tests (the data is there, and
 ``--supervisor-enforce-metrics`` must fail the test where it runs) and sends, through
 xdist's public channels, its tests' measurements in their reports' ``user_properties``
 and its machine facts in ``workeroutput``. Only the controller writes the report.
+
+The report is written only when the run used the plugin (its fixtures, markers or scenario
+files: :attr:`ReportingPlugin.used`) or named a report folder: a project that has the plugin
+installed but does not use it gets nothing written and pays for no import of what reports
+need (they are imported when the report is made).
 """
 
 from __future__ import annotations
@@ -16,12 +21,12 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Generator
+from typing import TYPE_CHECKING, Any, Generator
 
 import pytest
 
-from pytest_supervisor.report import document as reporting
-from pytest_supervisor.report import metric_targets, writer
+if TYPE_CHECKING:
+    from pytest_supervisor.report import metric_targets
 
 REPORTING_KEY = pytest.StashKey["ReportingPlugin"]()
 _FAILED_KEY = pytest.StashKey[bool]()  # a phase of this test failed
@@ -51,21 +56,29 @@ def add_options(parser: pytest.Parser, group: Any) -> None:
     )
 
 
-def configure(config: pytest.Config, directory: Path) -> None:
-    """Register the reporting hooks for this run, writing into ``directory``."""
+def configure(config: pytest.Config, directory: Path, *, asked: bool) -> None:
+    """Register the reporting hooks for this run, writing into ``directory`` (``asked``: a
+    report folder was named, so the report is written even if the plugin goes unused)."""
     config.addinivalue_line(
         "markers",
         f"{MARKER}(**limits): this test's metric targets over the run's, e.g."
         " respawn_overhead_p95=1.0; None turns one off (see docs/reports.md)",
     )
-    origin = f"supervisor_metric_targets ({config.inipath.name if config.inipath else 'ini'})"
-    try:
-        ini_targets = metric_targets.parse_lines(config.getini("supervisor_metric_targets"), origin)
-    except metric_targets.TargetError as error:
-        raise pytest.UsageError(f"pytest-supervisor: {error}") from None
+    ini_lines = config.getini("supervisor_metric_targets")
+    run_targets = None
+    if ini_lines:  # checked now: a mistake there is a usage error of the whole run
+        from pytest_supervisor.report import metric_targets
+
+        origin = f"supervisor_metric_targets ({config.inipath.name if config.inipath else 'ini'})"
+        try:
+            ini_targets = metric_targets.parse_lines(ini_lines, origin)
+        except metric_targets.TargetError as error:
+            raise pytest.UsageError(f"pytest-supervisor: {error}") from None
+        run_targets = metric_targets.resolve(metric_targets.DEFAULT_TARGETS, ini_targets)
     plugin = ReportingPlugin(
         directory,
-        metric_targets.resolve(metric_targets.DEFAULT_TARGETS, ini_targets),
+        run_targets,
+        asked=asked,
         enforce=bool(
             config.getoption("supervisor_enforce_metrics")
             or config.getini("supervisor_enforce_metrics")
@@ -81,19 +94,37 @@ class ReportingPlugin:
     def __init__(
         self,
         directory: Path,
-        run_targets: metric_targets.Targets,
+        run_targets: metric_targets.Targets | None,
         *,
+        asked: bool,
         enforce: bool,
         worker_output: dict[str, Any] | None,
     ) -> None:
         self.directory = directory
-        self.run_targets = run_targets
+        self._run_targets = run_targets  # None: the defaults, looked up when first needed
+        self.asked = asked
         self.enforce = enforce
+        self.used = False  # a test used the plugin (set at collection and by its fixtures)
         self._worker_output = worker_output
-        self._collector = reporting.ReportCollector(run_targets) if worker_output is None else None
+        # What the controller hears, kept as it came until it is known whether to report.
+        self._phases: list[pytest.TestReport] = []
+        self._collection_errors: list[pytest.CollectReport] = []
+        self._workers: list[dict[str, Any]] = []
         self._started = time.time()
         self.written: tuple[Path, Path] | None = None
         self.write_error: str | None = None
+
+    @property
+    def run_targets(self) -> metric_targets.Targets:
+        if self._run_targets is None:
+            from pytest_supervisor.report import metric_targets
+
+            self._run_targets = metric_targets.DEFAULT_TARGETS
+        return self._run_targets
+
+    @property
+    def reporting(self) -> bool:
+        return self.used or self.asked
 
     # -- where tests run -------------------------------------------------------------
 
@@ -102,6 +133,8 @@ class ReportingPlugin:
         marker = item.get_closest_marker(MARKER)
         if marker is None:
             return
+        from pytest_supervisor.report import metric_targets
+
         origin = f"@pytest.mark.{MARKER} of {item.nodeid}"
         if marker.args:
             pytest.fail(f"{origin}: takes targets as keywords, e.g. shutdown=5", pytrace=False)
@@ -119,8 +152,10 @@ class ReportingPlugin:
         phase_report: pytest.TestReport = outcome.get_result()
         failed = item.stash.get(_FAILED_KEY, False) or phase_report.failed
         item.stash[_FAILED_KEY] = failed
-        if phase_report.when != "teardown":
+        if phase_report.when != "teardown" or not self.reporting:
             return
+        from pytest_supervisor.report import document as reporting
+
         conclusion = reporting.conclude_test(
             phase_report.user_properties, self.run_targets, failed=failed
         )
@@ -132,34 +167,46 @@ class ReportingPlugin:
     # -- where the run is reported ----------------------------------------------------
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self._collector is not None:
-            self._collector.add_phase(reporting.PhaseReport.of(report))
+        if self._worker_output is None:
+            self._phases.append(report)
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
-        if self._collector is not None and report.failed:
-            self._collector.add_collection_error(report.nodeid, report.longreprtext)
+        if self._worker_output is None and report.failed:
+            self._collection_errors.append(report)
 
     @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: absent without xdist
     def pytest_testnodedown(self, node: Any, error: object) -> None:
-        if self._collector is None:
-            return
         # A worker that crashed sent no workeroutput; its id is still in its workerinput.
-        sent = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT_KEY) or {
+        sent = dict(getattr(node, "workeroutput", {}).get(WORKER_OUTPUT_KEY) or {
             "id": getattr(node, "workerinput", {}).get("workerid")
-        }
-        self._collector.add_worker({**sent, "error": None if error is None else str(error)})
+        })
+        self.used = self.used or bool(sent.pop("used", False))
+        self._workers.append({**sent, "error": None if error is None else str(error)})
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self._worker_output is not None:
+            from pytest_supervisor.report import document as reporting
+
             self._worker_output[WORKER_OUTPUT_KEY] = {
                 "id": os.environ.get("PYTEST_XDIST_WORKER"),
-                "machine_info": reporting.machine_info(),
+                "used": self.used,
+                "machine_info": reporting.machine_info() if self.reporting else {},
             }
             return
         config = session.config
-        if self._collector is None or config.getoption("collectonly"):
+        if not self.reporting or config.getoption("collectonly"):
             return
-        document = self._collector.document(
+        from pytest_supervisor.report import document as reporting
+        from pytest_supervisor.report import writer
+
+        collector = reporting.ReportCollector(self.run_targets)
+        for phase in self._phases:
+            collector.add_phase(reporting.PhaseReport.of(phase))
+        for failed in self._collection_errors:
+            collector.add_collection_error(failed.nodeid, failed.longreprtext)
+        for worker in self._workers:
+            collector.add_worker(worker)
+        document = collector.document(
             started=self._started,
             finished=time.time(),
             exit_status=int(exitstatus),

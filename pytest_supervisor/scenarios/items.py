@@ -24,19 +24,7 @@ from pytest_supervisor.report.metric_targets import METRIC_TARGETS
 from pytest_supervisor.scenarios.document import ScenarioFileError
 from pytest_supervisor.scenarios.loader import Scenario, load_scenarios
 from pytest_supervisor.scenarios.runner import ScenarioFailure, ScenarioRunner
-from pytest_supervisor.settings import PluginSettings
 from pytest_supervisor.targets import CONFORMANCE, conformance_case
-
-
-def collect_file(
-    file_path: Path, parent: pytest.Collector, settings: PluginSettings
-) -> Optional["ScenarioFile"]:
-    """A collector for ``*.yaml`` files in the scenarios folder; other files are not ours."""
-    if file_path.suffix != ".yaml" or not _within(file_path, settings.scenarios_dir):
-        return None
-    return ScenarioFile.from_parent(
-        parent, path=file_path, stress_scale=settings.stress_scale, targets=settings.targets
-    )
 
 
 class ScenarioFile(pytest.File):
@@ -153,14 +141,6 @@ def _invalid_file(problems: str) -> Callable[[], None]:
         pytest.fail(problems, pytrace=False)
 
     return invalid_scenario_file
-
-
-def _within(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-    except ValueError:
-        return False
-    return True
 
 
 def _shown(path: Path, rootpath: Path) -> str:

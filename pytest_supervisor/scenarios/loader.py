@@ -348,11 +348,12 @@ class _Checker(ValueChecker):
     def _check_control_socket(self, path: Path) -> None:
         content = self.config_file_content
         settings = content.get("supervisor") if isinstance(content, dict) else None
-        if not isinstance(settings, dict) or not settings.get("control_socket"):
+        if isinstance(settings, dict) and "control_socket" in settings \
+                and not settings["control_socket"]:
             self.problems.add(
                 ("config_file",),
-                f"expect_state asks the supervisor through its control socket: set"
-                f" supervisor.control_socket in {path.name}, or use an inline config",
+                f"expect_state asks the supervisor through its control socket, which"
+                f" {path.name} turns off (supervisor.control_socket: false)",
             )
 
     def _expand_template(self, name: str, template: Any) -> Dict[str, Any]:
