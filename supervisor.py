@@ -1183,7 +1183,7 @@ class Processes(Protocol):
 
     @property
     def orphans_come_home(self) -> bool: ...
-    def take_charge(self) -> None: ...
+    def take_charge(self) -> Optional[str]: ...
     def raise_open_files_limit(self, services_soft: Optional[int] = None) -> None: ...
     def release_free_memory(self) -> None: ...
     def wakeup_source(self) -> Optional[Any]: ...
@@ -1395,9 +1395,10 @@ class PosixProcesses:
         self._reaped_early: List[Tuple[int, ExitInfo]] = []  # by is_child() without waitid
         self.services_open_files: Optional[int] = None  # see raise_open_files_limit()
 
-    def take_charge(self) -> None:
+    def take_charge(self) -> Optional[str]:
         """Become the parent of whatever our services orphan (Linux: a child subreaper), and
-        choose how service trees are held (SUPERVISOR_TREE_BACKEND: auto, cgroup, session).
+        choose how service trees are held (SUPERVISOR_TREE_BACKEND: auto, cgroup, session);
+        returns a note for the log on that choice, if it needs one.
 
         A cgroup per service holds a tree airtight, but the kernel makes each move of a
         process between cgroups wait for an RCU grace period (about 10 ms) unless cgroup2 is
@@ -1410,21 +1411,21 @@ class PosixProcesses:
                 _did_you_mean(wanted, TREE_BACKENDS)))
         self.is_subreaper = _become_subreaper()
         if wanted == "session":
-            return
+            return None
         home, options = _cgroup2_home() if sys.platform.startswith("linux") else (None, set())
         try:
             if home is None:
                 raise OSError(errno.ENOENT, "no cgroup v2 hierarchy is mounted")
             if wanted != "cgroup" and "favordynmods" not in options:
-                log("info", "process trees: sessions, not cgroups (cgroup v2 is mounted without "
-                    "favordynmods, so each spawn would wait ~10 ms for the kernel; %s=cgroup "
-                    "uses them anyway)" % TREE_BACKEND_ENV)
-                return
+                return ("process trees: sessions, not cgroups (cgroup v2 is mounted without "
+                        "favordynmods, so each spawn would wait ~10 ms for the kernel; %s=cgroup "
+                        "uses them anyway)" % TREE_BACKEND_ENV)
             self._use_cgroups(home)
         except OSError as exc:
             if wanted == "cgroup":
                 raise StartRefused("%s=cgroup, but cgroup v2 cannot be used here: %s"
                                    % (TREE_BACKEND_ENV, exc.strerror or exc)) from None
+        return None
 
     def _use_cgroups(self, home: str) -> None:
         folder = os.path.join(home, "supervisor-%d" % os.getpid())
@@ -1839,8 +1840,8 @@ class WindowsProcesses:
     def drain_wakeup(self) -> None:
         _drain(self._wake_reader)
 
-    def take_charge(self) -> None:
-        pass  # the job objects hold each service's tree instead
+    def take_charge(self) -> Optional[str]:
+        return None  # the job objects hold each service's tree instead
 
     def tree(self, name: str, tag: str) -> Any:
         return JobTree(tag)
@@ -2846,7 +2847,7 @@ class ServiceManager:
     def start(self, handoff: Optional[Dict[str, Any]] = None, respawn_count: int = 0,
               config_path: str = "", recovered: Optional[Dict[str, Set[int]]] = None) -> None:
         """Install the wake-ups, announce ourselves, then adopt handed-over services or start."""
-        self.processes.take_charge()
+        tree_note = self.processes.take_charge()
         self._install_wakeups()
         # Our handlers are in place: what was blocked across an exec can come now (it is only
         # recorded), and nothing started below, adopted services restarted included, may
@@ -2858,6 +2859,8 @@ class ServiceManager:
         log("info", "supervisor %s (pid %d) %s %s: %d services" % (
             __version__, os.getpid(), "re-executed on" if handoff is not None else "started on",
             config_path, len(self.services)))
+        if tree_note:
+            log("info", tree_note)
         if handoff is not None:
             self._adopt(handoff)
         else:
@@ -4704,7 +4707,7 @@ def main(argv: Optional[List[str]] = None, as_script: bool = False) -> int:
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return EXIT_USAGE
-        problems = output_problems(config, args.events)
+        problems = output_problems(config, None)  # check takes no --events
         if problems:
             print(ConfigError(problems), file=sys.stderr)
             return EXIT_USAGE

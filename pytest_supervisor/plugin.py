@@ -25,9 +25,10 @@ if TYPE_CHECKING:
 
 SETTINGS_KEY = pytest.StashKey[PluginSettings]()
 # A test that asks for one of these, or has one of these markers, uses the plugin.
-FIXTURES = frozenset(
-    ("supervisor_factory", "supervisor", "supervisor_config", "dummy_service", "stress_scale")
-)
+FIXTURES = frozenset((
+    "supervisor_factory", "supervisor", "supervisor_config", "dummy_service", "stress_scale",
+    "supervisor_target",
+))
 MARKERS = frozenset(("supervisor_config", report_plugin.MARKER))
 
 

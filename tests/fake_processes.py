@@ -52,8 +52,8 @@ class FakeProcesses:
         self.children: Set[int] = set()
         self.stray: Set[int] = set()
 
-    def take_charge(self) -> None:
-        pass
+    def take_charge(self) -> Optional[str]:
+        return None
 
     def raise_open_files_limit(self, services_soft: Optional[int] = None) -> None:
         pass

@@ -419,7 +419,7 @@ def test_requests_that_break_a_json_parser_get_an_answer(supervisor_factory, dum
             None, False, "id: expected a string or a number")
         assert ask(b'{"v": 1, "id": 3, "cmd": ' + b"[" * deep + b"]" * deep + b"}") == (
             3, False, "cmd: expected one of status, start, stop, restart, reload, reexec, "
-                      "shutdown, fault")
+                      "shutdown, logs, signal, fault")
         assert ask(b'{"v": 1, "id": 4, "cmd": "stop", "args": {"names": '
                    + b"[" * deep + b"]" * deep + b"}}") == (
             4, False, "names: expected a list of service names")

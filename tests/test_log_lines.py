@@ -144,3 +144,15 @@ def test_the_exit_line_of_a_failure_says_why(tmp_path):
         proc.wait()
     assert rest.splitlines()[-1].endswith(
         " ERROR   exiting with code 1 (main loop failures: 1 within 60s)")
+
+
+def test_a_scheduled_retry_is_a_log_line(supervisor_factory):
+    handle = supervisor_factory.spawn(
+        {"services": {"job": {"command": [sys.executable, "-c", "raise SystemExit(3)"],
+                              "restart_delay": 0.2, "max_retries": 3}}})
+    handle.wait_for("gave_up", "job", timeout=30)
+    retries = [line.split(" [job] ", 1)[1] for line in handle.log_lines()
+               if " [job] retrying in " in line]
+    assert retries == ["retrying in 0.2 s (attempt 2 of 4)",
+                       "retrying in 0.2 s (attempt 3 of 4)",
+                       "retrying in 0.2 s (attempt 4 of 4)"]

@@ -8,10 +8,12 @@ import json
 import os
 import pwd
 import random
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -72,21 +74,30 @@ def rejection(handle):
 
 
 def test_default_state_file_is_in_a_private_folder_never_the_shared_temp(tmp_path, monkeypatch):
-    for variable in ("XDG_RUNTIME_DIR", "HOME"):
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    (tmp_path / "home").mkdir()
-    parsed = supervisor.parse_config('{"services": {"a": {"command": "x"}}}',
-                                     str(tmp_path / "services.yaml"))
-    manager = supervisor.ServiceManager(parsed)
-    path = manager.state_path()
-    assert path.startswith(str(tmp_path / "home" / ".supervisor") + os.sep)
-    folder = os.stat(os.path.dirname(path))
-    assert stat.S_IMODE(folder.st_mode) == 0o700
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    assert manager.state_path().startswith(str(runtime / "supervisor") + os.sep)
+    home = tempfile.mkdtemp(prefix="svh-")  # short: a socket's path beside it must fit
+    try:
+        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+        monkeypatch.setenv("HOME", home)
+
+        def state_of(settings):
+            parsed = supervisor.parse_config(json.dumps(
+                {"supervisor": settings, "services": {"a": {"command": "x"}}}),
+                str(tmp_path / "services.yaml"))
+            return supervisor.ServiceManager(parsed).state_path()
+
+        beside_socket = state_of({})  # the default control socket's folder
+        no_socket = state_of({"control_socket": False})
+        for path in (beside_socket, no_socket):
+            assert path.startswith(os.path.join(home, ".supervisor") + os.sep)
+            folder = os.stat(os.path.dirname(path))
+            assert stat.S_IMODE(folder.st_mode) == 0o700 and folder.st_uid == os.getuid()
+        assert beside_socket.endswith(".sock.state") and no_socket.endswith(".state")
+        runtime = tmp_path / "run"
+        runtime.mkdir(mode=0o700)
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+        assert state_of({"control_socket": False}).startswith(str(runtime / "supervisor") + os.sep)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_a_state_file_in_a_folder_others_can_write_is_not_used(tmp_path, monkeypatch):
@@ -99,8 +110,8 @@ def test_a_state_file_in_a_folder_others_can_write_is_not_used(tmp_path, monkeyp
         {"supervisor": {"state_file": str(shared / "s.state")},
          "services": {"a": {"command": "x"}}}), "services.yaml")
     assert supervisor.ServiceManager(parsed).state_path() is None
-    assert ("no state file, so no recovery after a SIGKILL: folder %s must belong to you and be "
-            "writable by you alone (chmod 700)" % shared) in logged.getvalue()
+    assert ("no state file, so no recovery after a SIGKILL: state file folder %s must belong to "
+            "you and be closed to others (chmod 700)" % shared) in logged.getvalue()
 
 
 @pytest.mark.parametrize("attack, words", [

@@ -161,7 +161,7 @@ def test_a_service_restarted_while_adopting_does_not_inherit_the_exec_signal_mas
     supervisor.block_signals()  # as after the exec
     try:
         with mock.patch.object(manager, "_install_wakeups"), mock.patch.object(
-            manager.processes, "take_charge"
+            manager.processes, "take_charge", return_value=None
         ), mock.patch.object(manager.processes, "is_child", return_value=False), mock.patch.object(
             manager.processes, "spawn", side_effect=spawn
         ):
