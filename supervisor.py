@@ -3863,7 +3863,8 @@ def runtime_folder(for_socket: bool = False) -> str:
     base = runtime if os.path.isabs(runtime) else os.path.expanduser("~")
     folder = os.path.join(base, "supervisor" if base == runtime else ".supervisor")
     # The longest name we give a socket in it is 24 + 1 + 8 + 5 bytes.
-    if not _owned(base) or for_socket and len(os.fsencode(folder)) + 39 >= 104:
+    too_long = for_socket and hasattr(socket, "AF_UNIX") and len(os.fsencode(folder)) + 39 >= 104
+    if too_long or not _owned(base):
         # in someone else's home (HOME kept across a change of user), or too long a path for
         # a unix socket (104 bytes on macOS, 108 on Linux): a private folder of the same kind
         # in the temp folder, made and checked the same way
@@ -4302,6 +4303,8 @@ def _config_file_name(config: Config) -> str:
 
 
 def _owned(folder: str) -> bool:
+    if not hasattr(os, "getuid"):
+        return True  # Windows: a folder's ACL, not an owner's uid, says who may use it
     try:
         return os.stat(folder).st_uid == os.getuid()
     except OSError:

@@ -19,6 +19,9 @@ from pytest_supervisor.report.conformance import evidence_line
 from pytest_supervisor.targets import conformance_case
 from pytest_supervisor.targets.builtin import Command
 
+# supervisord, circus, s6 and runit are POSIX supervisors: these tests model a run on them
+POSIX_PEERS = pytest.mark.skipif(sys.platform == "win32", reason="the peers are POSIX programs")
+
 pytestmark = pytest.mark.integration
 pytest_plugins = ["pytester"]
 
@@ -70,6 +73,7 @@ def test_a_bad_peer_entry_in_the_ini_file_is_refused_naming_the_file(
     )
 
 
+@POSIX_PEERS
 def test_ini_keys_choose_the_targets_and_their_programs(pytester: pytest.Pytester) -> None:
     pytester.makeini(
         "[pytest]\nsupervisor_target = ours, circus\n"
@@ -156,6 +160,7 @@ steps:
 """
 
 
+@POSIX_PEERS
 def test_several_targets_make_a_conformance_table_in_both_reports(
     pytester: pytest.Pytester,
 ) -> None:

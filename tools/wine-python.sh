@@ -105,7 +105,9 @@ install_packages() {
 
 setup() {
     local stamp
-    stamp=$(cat "$0" "$requirements" "$repo/tools/wine_sitecustomize.py" | sha256sum | cut -d' ' -f1)-$repo
+    # pyproject.toml: a change of layout or packages is installed again
+    stamp=$(cat "$0" "$requirements" "$repo/tools/wine_sitecustomize.py" "$repo/pyproject.toml" \
+        | sha256sum | cut -d' ' -f1)-$repo
     if [ -f "$W/ready" ] && [ "$(cat "$W/ready")" = "$stamp" ]; then
         return
     fi
