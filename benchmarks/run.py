@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark pytest-supervisor against the physical floor (and supervisord and circus).
+"""Benchmark pytest-supervisor against the physical floor (and s6, runit, supervisord,
+circus and PM2).
 
     python benchmarks/run.py [--quick] [--only NAME[,NAME]] [--peers] [--storm-seconds S]
 
@@ -36,7 +37,10 @@ from bench_subjects import (
     FloorRespawner,
     Launcher,
     Peer,
+    Pm2,
     PytestSupervisor,
+    Runit,
+    S6,
     Subject,
     Supervisord,
 )
@@ -93,8 +97,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                              "comma-separated" % ", ".join(sorted(
                                  {b.group for b in BENCHMARKS} | {b.name for b in BENCHMARKS})))
     parser.add_argument("--peers", action="store_true",
-                        help="also measure supervisord and circus (installed on first use "
-                             "into benchmarks/.venvs/)")
+                        help="also measure s6, runit, supervisord, circus and PM2 (installed on "
+                             "first use; see benchmarks/README.md)")
     parser.add_argument("--storm-seconds", type=float, default=None, metavar="S",
                         help="length of each crash storm (default 10, --quick 2)")
     parser.add_argument("--supervisor", type=Path, default=REPO_ROOT / "supervisor.py",
@@ -123,7 +127,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def _subjects(args: argparse.Namespace) -> List[Subject]:
     subjects: List[Subject] = [FloorRespawner(), PytestSupervisor(args.supervisor.resolve())]
     if args.peers:
-        subjects += [Supervisord(), Circus()]
+        subjects += [S6(), Runit(), Supervisord(), Circus(), Pm2()]
     return subjects
 
 
