@@ -15,6 +15,7 @@ import random
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -413,6 +414,60 @@ def startup(bench: Bench, subjects: Sequence[Subject], count: int) -> Dict[str, 
         outcomes.setdefault(name, {"median": Figure(round(statistics.median(values), 4), "s"),
                                    "max": Figure(round(max(values), 4), "s"),
                                    "trials": Figure(len(values), "count")})
+    return outcomes
+
+
+def system_python() -> Optional[str]:
+    """The interpreter ``python3`` runs outside any virtualenv: the machine's default."""
+    path = os.pathsep.join(entry for entry in os.environ.get("PATH", "").split(os.pathsep)
+                           if os.path.abspath(entry) != os.path.join(sys.prefix, "bin"))
+    found = shutil.which("python3", path=path)
+    if found is None:
+        return None
+    # through any wrapper (pyenv's shim is a shell script) to the interpreter itself
+    out = subprocess.run([found, "-c", "import sys; print(sys.executable)"],
+                         capture_output=True, text=True, check=False)
+    return out.stdout.strip() or None
+
+
+def startup_interpreters(bench: Bench, subjects: Sequence[Subject], count: int
+                         ) -> Dict[str, Outcome]:
+    """Launch until ``count`` services run, four ways: by a virtualenv's interpreter (this
+    one) and by the machine's default ``python3``, each with the subject's code compiled
+    beforehand (warm) or at every start (cold: no ``__pycache__``, PYTHONDONTWRITEBYTECODE).
+    """
+    pythons = {"venv": sys.executable, "system": system_python()}
+    outcomes: Dict[str, Outcome] = {}
+    able = []
+    for subject in subjects:
+        try:
+            subject.under(sys.executable, True, bench.workroot / "probe" / subject.name)
+            able.append(subject)
+        except NotImplementedError:
+            outcomes[subject.name] = Skipped("not a Python program run by any interpreter")
+    figures: Dict[str, Dict[str, Figure]] = {s.name: {} for s in able}
+    for label, python in pythons.items():
+        for cold in (False, True):
+            key = "%s_%s" % (label, "cold" if cold else "warm")
+            if python is None:
+                continue  # no python3 outside the virtualenv: those figures are left out
+            variants = [s.under(python, cold, bench.workroot / key / s.name) for s in able]
+
+            def trial(bench: Bench, subject: Subject) -> float:
+                with bench.running(subject, sleep_services(count)) as run:
+                    bench.wait_running(run, count, STARTUP_TIMEOUT)
+                    last = sorted(s.ts for s in run.watch.spawns)[count - 1]
+                    return (last - run.launched_ns) / NS
+
+            durations, failed = alternate(bench, variants, bench.settings.startup_trials,
+                                          trial)
+            for name, values in durations.items():
+                if name in failed:
+                    outcomes.setdefault(name, failed[name])
+                elif values:
+                    figures[name][key] = Figure(round(statistics.median(values), 4), "s")
+    for subject in able:
+        outcomes.setdefault(subject.name, figures[subject.name])
     return outcomes
 
 

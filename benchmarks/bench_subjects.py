@@ -120,6 +120,29 @@ class Subject:
         """Variables the subject needs set (on top of ours) to run from ``workdir``."""
         return {}
 
+    def under(self, python: str, cold: bool, folder: Path) -> "Subject":
+        """The same subject run by the interpreter ``python``, its own code compiled at
+        every start (``cold``) or read from bytecode compiled beforehand; ``folder`` is its
+        own to write in. Only subjects written in Python that run on any interpreter."""
+        raise NotImplementedError
+
+
+def bytecode_environment(cold: bool) -> Dict[str, str]:
+    # An empty value is the same as unset: bytecode is written where it can be.
+    return {"PYTHONDONTWRITEBYTECODE": "1" if cold else ""}
+
+
+def python_copy(script: Path, python: str, cold: bool, folder: Path) -> Path:
+    """A copy of ``script`` in ``folder``: without bytecode (``cold``), or with it compiled by
+    ``python`` into ``__pycache__``, where an import of it finds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / script.name
+    shutil.copyfile(script, copy)
+    if not cold:
+        subprocess.run([python, "-m", "py_compile", str(copy)], check=True,
+                       env=dict(os.environ, **bytecode_environment(cold)))
+    return copy
+
     def events_file(self, workdir: Path) -> Optional[Path]:
         return None
 
@@ -133,8 +156,18 @@ class PytestSupervisor(Subject):
     supports_backoff = True
     supports_self_respawn = True
 
-    def __init__(self, script: Path):
+    def __init__(self, script: Path, python: str = sys.executable,
+                 environment: Optional[Dict[str, str]] = None):
         self.script = script
+        self.python = python
+        self._environment = environment or {}
+
+    def environment(self, workdir: Path) -> Dict[str, str]:
+        return self._environment
+
+    def under(self, python: str, cold: bool, folder: Path) -> Subject:
+        return PytestSupervisor(python_copy(self.script, python, cold, folder), python,
+                                bytecode_environment(cold))
 
     def version(self) -> str:
         out = subprocess.run([sys.executable, str(self.script), "--version"],
@@ -157,7 +190,7 @@ class PytestSupervisor(Subject):
         }
         path = workdir / "services.yaml"
         path.write_text(json.dumps(config, indent=1))  # JSON is YAML
-        argv = [sys.executable, str(self.script), "run", "-c", str(path),
+        argv = [self.python, str(self.script), "run", "-c", str(path),
                 "--events", str(self.events_file(workdir)), "--log-level", "warning"]
         return argv + (["--allow-fault-injection"] if fault_injection else [])
 
@@ -171,6 +204,19 @@ class PytestSupervisor(Subject):
 class FloorRespawner(Subject):
     name = "floor"
 
+    def __init__(self, script: Path = BENCH_DIR / "floor_respawner.py",
+                 python: str = sys.executable, environment: Optional[Dict[str, str]] = None):
+        self.script = script
+        self.python = python
+        self._environment = environment or {}
+
+    def environment(self, workdir: Path) -> Dict[str, str]:
+        return self._environment
+
+    def under(self, python: str, cold: bool, folder: Path) -> Subject:
+        return FloorRespawner(python_copy(self.script, python, cold, folder), python,
+                              bytecode_environment(cold))
+
     def version(self) -> str:
         return "benchmarks/floor_respawner.py"
 
@@ -178,7 +224,7 @@ class FloorRespawner(Subject):
                 fault_injection: bool) -> List[str]:
         path = workdir / "commands.json"
         path.write_text(json.dumps([list(s.argv) for s in services]))
-        return [sys.executable, str(BENCH_DIR / "floor_respawner.py"), str(path)]
+        return [self.python, str(self.script), str(path)]
 
 
 class Peer(Subject):

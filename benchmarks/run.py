@@ -67,6 +67,9 @@ BENCHMARKS = [
               functools.partial(measure.startup, count=500), False),
     Benchmark("startup_1000", "startup", "launch until 1,000 `sleep` services run",
               functools.partial(measure.startup, count=1000), False),
+    Benchmark("startup_interpreters", "startup", "launch until 100 `sleep` services run, "
+              "under a virtualenv's interpreter and the machine's default, warm and cold",
+              functools.partial(measure.startup_interpreters, count=100), True),
     Benchmark("idle_100", "idle", "idle with 100 services", functools.partial(
         measure.idle, count=100), True),
     Benchmark("idle_1000", "idle", "idle with 1,000 services", functools.partial(
