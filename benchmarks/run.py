@@ -33,6 +33,7 @@ import bench_report as report
 from bench_observe import open_observer
 from bench_subjects import (
     REPO_ROOT,
+    S6,
     Circus,
     FloorRespawner,
     Launcher,
@@ -40,7 +41,6 @@ from bench_subjects import (
     Pm2,
     PytestSupervisor,
     Runit,
-    S6,
     Subject,
     Supervisord,
 )
