@@ -435,39 +435,40 @@ def startup_interpreters(bench: Bench, subjects: Sequence[Subject], count: int
     """Launch until ``count`` services run, four ways: by a virtualenv's interpreter (this
     one) and by the machine's default ``python3``, each with the subject's code compiled
     beforehand (warm) or at every start (cold: no ``__pycache__``, PYTHONDONTWRITEBYTECODE).
+    Every round takes each way of each subject once, so that load comes and goes on all.
     """
     pythons = {"venv": sys.executable, "system": system_python()}
     outcomes: Dict[str, Outcome] = {}
-    able = []
+    ways: List[Tuple[str, str, Subject]] = []  # (figure, subject's name, subject run so)
     for subject in subjects:
-        try:
-            subject.under(sys.executable, True, bench.workroot / "probe" / subject.name)
-            able.append(subject)
-        except NotImplementedError:
-            outcomes[subject.name] = Skipped("not a Python program run by any interpreter")
-    figures: Dict[str, Dict[str, Figure]] = {s.name: {} for s in able}
-    for label, python in pythons.items():
-        for cold in (False, True):
-            key = "%s_%s" % (label, "cold" if cold else "warm")
-            if python is None:
-                continue  # no python3 outside the virtualenv: those figures are left out
-            variants = [s.under(python, cold, bench.workroot / key / s.name) for s in able]
-
-            def trial(bench: Bench, subject: Subject) -> float:
+        for label, python in pythons.items():
+            for cold in (False, True):
+                key = "%s_%s" % (label, "cold" if cold else "warm")
+                if python is None:
+                    continue  # no python3 outside the virtualenv: those figures are left out
+                try:
+                    ways.append((key, subject.name, subject.under(
+                        python, cold, bench.workroot / key / subject.name)))
+                except NotImplementedError:
+                    outcomes[subject.name] = Skipped(
+                        "runs from its own installation, not by an interpreter of our choice")
+    durations: Dict[Tuple[str, str], List[float]] = {(k, n): [] for k, n, _ in ways}
+    for _ in range(bench.settings.startup_trials):
+        for key, name, subject in ways:
+            if name in outcomes:
+                continue
+            try:
                 with bench.running(subject, sleep_services(count)) as run:
                     bench.wait_running(run, count, STARTUP_TIMEOUT)
                     last = sorted(s.ts for s in run.watch.spawns)[count - 1]
-                    return (last - run.launched_ns) / NS
-
-            durations, failed = alternate(bench, variants, bench.settings.startup_trials,
-                                          trial)
-            for name, values in durations.items():
-                if name in failed:
-                    outcomes.setdefault(name, failed[name])
-                elif values:
-                    figures[name][key] = Figure(round(statistics.median(values), 4), "s")
-    for subject in able:
-        outcomes.setdefault(subject.name, figures[subject.name])
+                    durations[key, name].append((last - run.launched_ns) / NS)
+            except Skipped as exc:
+                outcomes[name] = exc
+    for (key, name), values in durations.items():
+        if name not in outcomes or isinstance(outcomes[name], dict):
+            figures = outcomes.setdefault(name, {})
+            assert isinstance(figures, dict)
+            figures[key] = Figure(round(statistics.median(values), 4), "s")
     return outcomes
 
 

@@ -369,6 +369,12 @@ class S6(DebianPeer):
     program = "s6-svscan"
     target = builtin.S6
 
+    def command(self, services: Sequence[Service], workdir: Path, backoff: Optional[Backoff],
+                fault_injection: bool) -> List[str]:
+        program, *rest = super().command(services, workdir, backoff, fault_injection)
+        # s6-svscan supervises at most 500 services unless told otherwise
+        return [program, "-c", str(max(500, 2 * len(services))), *rest]
+
 
 class Runit(DebianPeer):
     """runsvdir over one runsv per service, each running its ``run`` script; under ``sh``,
