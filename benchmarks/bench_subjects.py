@@ -126,6 +126,13 @@ class Subject:
         own to write in. Only subjects written in Python that run on any interpreter."""
         raise NotImplementedError
 
+    def events_file(self, workdir: Path) -> Optional[Path]:
+        return None
+
+    def control_socket(self, workdir: Path) -> Optional[Path]:
+        """Where the subject listens for control commands (ours: JSON lines), if it does."""
+        return None
+
 
 def bytecode_environment(cold: bool) -> Dict[str, str]:
     # An empty value is the same as unset: bytecode is written where it can be.
@@ -142,13 +149,6 @@ def python_copy(script: Path, python: str, cold: bool, folder: Path) -> Path:
         subprocess.run([python, "-m", "py_compile", str(copy)], check=True,
                        env=dict(os.environ, **bytecode_environment(cold)))
     return copy
-
-    def events_file(self, workdir: Path) -> Optional[Path]:
-        return None
-
-    def control_socket(self, workdir: Path) -> Optional[Path]:
-        """Where the subject listens for control commands (ours: JSON lines), if it does."""
-        return None
 
 
 class PytestSupervisor(Subject):
