@@ -15,6 +15,7 @@ import random
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -128,8 +129,8 @@ class Bench:
         workdir = Path(tempfile.mkdtemp(prefix=subject.name + "-", dir=str(self.workroot)))
         argv = subject.command(services, workdir, backoff, fault_injection)
         launched_ns = time.monotonic_ns()
-        proc, tag = self.launcher.launch(argv, workdir)
-        watch = self.observer.watch(proc.pid)
+        proc, tag = self.launcher.launch(argv, workdir, subject.environment(workdir))
+        watch = self.observer.watch(proc.pid, subject.service_depth, subject.launchers)
         try:
             yield Run(proc.pid, tag, watch, workdir, launched_ns)
         finally:
@@ -177,6 +178,13 @@ def _log_tail(workdir: Path) -> str:
 def _pause() -> None:
     # A random gap, so that no trial lands at the same phase of a supervisor's periodic work.
     time.sleep(random.uniform(0.02, 0.06))
+
+
+def _hold_off(subject: Subject, run: Run, victims: Sequence[int]) -> None:
+    """Wait until each victim has run the subject's ``restart_holdoff``."""
+    if subject.restart_holdoff:
+        youngest = max(run.watch.by_pid[pid].ts for pid in victims)
+        time.sleep(max(0.0, (youngest - time.monotonic_ns()) / NS + subject.restart_holdoff))
 
 
 # --------------------------------------------------------------------------- comparing
@@ -244,12 +252,14 @@ def respawn(bench: Bench, subjects: Sequence[Subject],
             except Skipped as exc:
                 outcomes[subject.name] = exc
         time.sleep(SETTLE)
+        by_name = {subject.name: subject for subject in subjects}
         for _ in range(trials):
             turns = list(runs.items())
             random.shuffle(turns)
             for name, run in turns:
                 _pause()
                 victims = random.sample(sorted(run.watch.alive), kill_count)
+                _hold_off(by_name[name], run, victims)
                 latency = bench.kill_and_wait(run, victims)
                 try:
                     if latency is None:
@@ -313,13 +323,14 @@ def respawn_leaving_children(bench: Bench, subjects: Sequence[Subject]) -> Dict[
             except Skipped as exc:
                 outcomes[subject.name] = exc
         time.sleep(SETTLE)
+        by_name = {subject.name: subject for subject in subjects}
         for _ in range(trials):
             turns = list(runs.items())
             random.shuffle(turns)
             for name, run in turns:
                 _pause()
                 try:
-                    latency, left = _kill_leaving_children(bench, run)
+                    latency, left = _kill_leaving_children(bench, run, by_name[name])
                 except Skipped as exc:
                     outcomes[name] = exc
                     del runs[name]  # it failed a trial: it takes no more
@@ -336,10 +347,11 @@ def respawn_leaving_children(bench: Bench, subjects: Sequence[Subject]) -> Dict[
     return outcomes
 
 
-def _kill_leaving_children(bench: Bench, run: Run) -> Tuple[float, int]:
+def _kill_leaving_children(bench: Bench, run: Run, subject: Subject) -> Tuple[float, int]:
     """SIGKILL the service's main process once its children run; (seconds until the
     replacement exec'd, how many of the children were still running then)."""
     main, children = _main_with_children(bench, run, LEFT_CHILDREN)
+    _hold_off(subject, run, [main])
     bench.observer.track_exits(children)
     watch = run.watch
     first = len(watch.spawns)
@@ -405,28 +417,107 @@ def startup(bench: Bench, subjects: Sequence[Subject], count: int) -> Dict[str, 
     return outcomes
 
 
+def system_python() -> Optional[str]:
+    """The interpreter ``python3`` runs outside any virtualenv: the machine's default."""
+    path = os.pathsep.join(entry for entry in os.environ.get("PATH", "").split(os.pathsep)
+                           if os.path.abspath(entry) != os.path.join(sys.prefix, "bin"))
+    found = shutil.which("python3", path=path)
+    if found is None:
+        return None
+    # through any wrapper (pyenv's shim is a shell script) to the interpreter itself
+    out = subprocess.run([found, "-c", "import sys; print(sys.executable)"],
+                         capture_output=True, text=True, check=False)
+    return out.stdout.strip() or None
+
+
+def startup_interpreters(bench: Bench, subjects: Sequence[Subject], count: int
+                         ) -> Dict[str, Outcome]:
+    """Launch until ``count`` services run, four ways: by a virtualenv's interpreter (this
+    one) and by the machine's default ``python3``, each with the subject's code compiled
+    beforehand (warm) or at every start (cold: no ``__pycache__``, PYTHONDONTWRITEBYTECODE).
+    Every round takes each way of each subject once, so that load comes and goes on all.
+    """
+    pythons = {"venv": sys.executable, "system": system_python()}
+    outcomes: Dict[str, Outcome] = {}
+    ways: List[Tuple[str, str, Subject]] = []  # (figure, subject's name, subject run so)
+    for subject in subjects:
+        for label, python in pythons.items():
+            for cold in (False, True):
+                key = "%s_%s" % (label, "cold" if cold else "warm")
+                if python is None:
+                    continue  # no python3 outside the virtualenv: those figures are left out
+                try:
+                    ways.append((key, subject.name, subject.under(
+                        python, cold, bench.workroot / key / subject.name)))
+                except NotImplementedError:
+                    outcomes[subject.name] = Skipped(
+                        "runs from its own installation, not by an interpreter of our choice")
+    durations: Dict[Tuple[str, str], List[float]] = {(k, n): [] for k, n, _ in ways}
+    for _ in range(bench.settings.startup_trials):
+        for key, name, subject in ways:
+            if name in outcomes:
+                continue
+            try:
+                with bench.running(subject, sleep_services(count)) as run:
+                    bench.wait_running(run, count, STARTUP_TIMEOUT)
+                    last = sorted(s.ts for s in run.watch.spawns)[count - 1]
+                    durations[key, name].append((last - run.launched_ns) / NS)
+            except Skipped as exc:
+                outcomes[name] = exc
+    for (key, name), values in durations.items():
+        if name not in outcomes or isinstance(outcomes[name], dict):
+            figures = outcomes.setdefault(name, {})
+            assert isinstance(figures, dict)
+            figures[key] = Figure(round(statistics.median(values), 4), "s")
+    return outcomes
+
+
 # --------------------------------------------------------------------------- idle cost
+
+def supervision_processes(run: Run) -> List[psutil.Process]:
+    """The supervisor and the processes of its tree that are not services nor below one:
+    its cost includes s6's s6-supervise, runit's runsv, any helper of its own."""
+    found, todo = [], [psutil.Process(run.pid)]
+    while todo:
+        process = todo.pop()
+        found.append(process)
+        with contextlib.suppress(psutil.Error):
+            todo += [child for child in process.children() if child.pid not in run.watch.alive]
+    return found
+
+
+def tree_cpu_seconds(processes: Sequence[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.Error, OSError):
+            total += cpu_seconds(process.pid)
+    return total
+
 
 @one_at_a_time
 def idle(bench: Bench, subject: Subject, count: int) -> Dict[str, Figure]:
-    """CPU, wake-ups and memory of the supervisor while ``count`` services just run."""
+    """CPU, wake-ups and memory of the supervisor (and of its own helper processes) while
+    ``count`` services just run. PSS shares each page among the processes mapping it, so a
+    supervisor of many processes is charged its shared pages once."""
     seconds = bench.settings.idle_seconds
     with bench.running(subject, sleep_services(count)) as run:
         bench.wait_running(run, count, STARTUP_TIMEOUT)
         time.sleep(bench.settings.idle_settle)
-        process = psutil.Process(run.pid)
+        processes = supervision_processes(run)
         spawns_before = len(run.watch.spawns)
-        cpu_before = cpu_seconds(run.pid)
-        switches_before = process.num_ctx_switches().voluntary
+        cpu_before = tree_cpu_seconds(processes)
+        switches_before = sum(p.num_ctx_switches().voluntary for p in processes)
         time.sleep(seconds)
-        cpu = cpu_seconds(run.pid) - cpu_before
-        switches = process.num_ctx_switches().voluntary - switches_before
-        memory = process.memory_full_info()
+        cpu = tree_cpu_seconds(processes) - cpu_before
+        switches = sum(p.num_ctx_switches().voluntary for p in processes) - switches_before
+        memory = [p.memory_full_info() for p in processes]
         restarted = len(run.watch.spawns) - spawns_before
     return {"cpu": Figure(round(cpu, 4), "s"),
             "over": Figure(seconds, "s"),
-            "rss": Figure(round(memory.rss / 2**20, 1), "MB"),
-            "uss": Figure(round(memory.uss / 2**20, 1), "MB"),
+            "pss": Figure(round(sum(m.pss for m in memory) / 2**20, 1), "MB"),
+            "rss": Figure(round(sum(m.rss for m in memory) / 2**20, 1), "MB"),
+            "uss": Figure(round(sum(m.uss for m in memory) / 2**20, 1), "MB"),
+            "processes": Figure(len(processes), "count"),
             "wakeups": Figure(round(switches / seconds, 1), "per s"),
             "restarted": Figure(restarted, "count")}
 
@@ -555,9 +646,10 @@ def storm(bench: Bench, subject: Subject, backoff: Optional[Backoff] = None
         time.sleep(settings.storm_warmup)
         if run.watch.supervisor_exit is not None:
             raise Skipped("the supervisor exited during the storm" + _log_tail(run.workdir))
-        start, cpu_before = time.monotonic_ns(), cpu_seconds(run.pid)
+        processes = supervision_processes(run)
+        start, cpu_before = time.monotonic_ns(), tree_cpu_seconds(processes)
         time.sleep(settings.storm_seconds)
-        end, cpu = time.monotonic_ns(), cpu_seconds(run.pid) - cpu_before
+        end, cpu = time.monotonic_ns(), tree_cpu_seconds(processes) - cpu_before
         try:
             stop: Optional[Dict[str, float]] = _terminate(bench, run)
         except Skipped:

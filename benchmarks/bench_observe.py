@@ -9,11 +9,16 @@ supervisor itself. Two observers give the same view (``Watch``):
   figure is then the difference of two clock readings taken at the moment things happened
   (our ``kill()`` call, the kernel's exec), not when anyone noticed them: nanosecond
   resolution, no polling, and nothing taken from the two cores the supervisor runs on.
-* ``PollingObserver`` (anywhere psutil works): lists the supervisor's children in a loop.
+* ``PollingObserver`` (anywhere psutil works): lists the supervisor's descendants in a loop.
   Its resolution is one polling cycle, which it measures and reports; it also costs CPU.
 
-A child counts as *running* once it has exec'd (before that it is a copy of the supervisor
-that has not become the service yet), and as *gone* once it has exited (zombie or reaped).
+A service process is a process at the subject's service depth below it: the supervisor's
+own child for most, a grandchild under s6's s6-supervise, a great-grandchild under runit's
+sh, runsvdir and runsv. It counts as *running* once it has exec'd its command (before, it is
+a copy of its parent; an exec of a ``run`` script, whose shell then execs the command, does
+not count), and as *gone* once it has exited (zombie or reaped). Its command line is read
+when it is seen, so it may already be that of a later exec (a service's shell that exec'd
+``sleep``), or None when it has ended meanwhile.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import AbstractSet, Callable, Dict, Iterable, List, Optional, Tuple
 
 import psutil
 
@@ -32,7 +37,7 @@ from pytest_supervisor.targets import proc_connector
 
 @dataclass
 class Spawn:
-    """A child of the watched supervisor that has exec'd its command."""
+    """A service process of the watched supervisor that has exec'd its command."""
 
     pid: int
     ts: int  # CLOCK_MONOTONIC nanoseconds of the exec
@@ -41,9 +46,11 @@ class Spawn:
 
 @dataclass
 class Watch:
-    """Everything seen of one supervisor process and its direct children."""
+    """Everything seen of one supervisor process and its service processes."""
 
     pid: int
+    depth: int = 1  # a service process's generation below the supervisor
+    launchers: AbstractSet[Tuple[str, ...]] = frozenset()  # run scripts, which exec a service
     spawns: List[Spawn] = field(default_factory=list)
     exits: List[Tuple[int, int]] = field(default_factory=list)  # (pid, ts)
     alive: Dict[int, Spawn] = field(default_factory=dict)
@@ -81,9 +88,10 @@ class Observer:
         self._thread.start()
         return self
 
-    def watch(self, pid: int) -> Watch:
+    def watch(self, pid: int, depth: int = 1,
+              launchers: AbstractSet[Tuple[str, ...]] = frozenset()) -> Watch:
         with self.changed:
-            watch = self._watches[pid] = Watch(pid)
+            watch = self._watches[pid] = Watch(pid, depth, frozenset(launchers))
         return watch
 
     def forget(self, pid: int) -> None:
@@ -140,7 +148,9 @@ class ProcConnectorObserver(Observer):
         super().__init__()
         self.overflows = 0
         # Parent of every process forked since we started listening, so that an exec can be
-        # attributed to a watched supervisor even when the watch began after the fork.
+        # attributed to a watched supervisor even when the watch began after the fork, and
+        # through parents that have exited since. Kept after an exit for that reason; a
+        # reused PID gets its new parent at its fork, before it can exec.
         self._parent_of: Dict[int, int] = {}
         self._socket = proc_connector.open_socket()
         self._socket.settimeout(0.2)  # so that close() is noticed
@@ -175,19 +185,34 @@ class ProcConnectorObserver(Observer):
             elif event.what == proc_connector.EXIT and event.first == event.second:
                 self._on_exit(event.first, event.ts_ns)
 
+    # sh -> runsvdir -> runsv -> service: the deepest tree of a subject measured
+    MAX_DEPTH = 6
+
+    def _watch_above(self, pid: int) -> Tuple[Optional[Watch], int]:
+        """The watch of the supervisor ``pid`` descends from, if any, and how many
+        generations below it ``pid`` is."""
+        parent = self._parent_of.get(pid, 0)
+        for depth in range(1, self.MAX_DEPTH + 1):
+            watch = self._watches.get(parent)
+            if watch is not None or parent not in self._parent_of:
+                return watch, depth
+            parent = self._parent_of[parent]
+        return None, 0
+
     def _on_exec(self, pid: int, ts: int) -> None:
-        watch = self._watches.get(self._parent_of.get(pid, 0))
-        if watch is None or pid in watch.by_pid:
-            return  # not a child of a watched supervisor, or a second exec of one
-        spawn = Spawn(pid, ts, read_argv(pid))
+        watch, depth = self._watch_above(pid)
+        if watch is None or depth != watch.depth or pid in watch.by_pid:
+            return  # not a service process, or a second exec of one
+        argv = read_argv(pid)
+        if argv in watch.launchers:
+            return  # a run script: the service is the command it execs next
         with self.changed:
-            watch.child_spawned(spawn)
+            watch.child_spawned(Spawn(pid, ts, argv))
             self.changed.notify_all()
 
     def _on_exit(self, pid: int, ts: int) -> None:
-        parent = self._parent_of.pop(pid, 0)
         with self.changed:
-            watch = self._watches.get(parent)
+            watch, _ = self._watch_above(pid)
             if watch is not None:
                 watch.child_exited(pid, ts)
             own = self._watches.get(pid)
@@ -244,23 +269,27 @@ class PollingObserver(Observer):
         try:
             supervisor = psutil.Process(watch.pid)
             exited = supervisor.status() == psutil.STATUS_ZOMBIE  # we reap it later
-            own_argv = tuple(supervisor.cmdline())
-            listed = [] if exited else supervisor.children()
+            parents = [] if exited else [supervisor]
+            for _ in range(watch.depth - 1):
+                parents = [child for parent in parents for child in _children(parent)]
         except psutil.Error:
-            exited, own_argv, listed = True, (), []
-        children = set()
-        for child in listed:
-            try:
-                if child.status() != psutil.STATUS_ZOMBIE:
-                    children.add(child.pid)
-            except psutil.Error:
-                continue  # gone since it was listed
+            exited, parents = True, []
+        children: Dict[int, Tuple[str, ...]] = {}  # pid -> its parent's command line
+        for parent in parents:
+            parent_argv = read_argv(parent.pid)
+            for child in _children(parent):
+                try:
+                    if child.status() != psutil.STATUS_ZOMBIE:
+                        children[child.pid] = parent_argv or ()
+                except psutil.Error:
+                    continue  # gone since it was listed
         now = time.monotonic_ns()  # everything seen above happened before this
         seen = []
-        for pid in children - set(watch.alive):
+        for pid in set(children) - set(watch.alive):
             argv = read_argv(pid)
-            if argv is not None and argv != own_argv:  # a child still showing our argv has
-                seen.append(Spawn(pid, now, argv))      # not exec'd its command yet
+            # still a copy of its parent, or a run script: it has not exec'd its command yet
+            if argv is not None and argv != children[pid] and argv not in watch.launchers:
+                seen.append(Spawn(pid, now, argv))
         gone = [pid for pid in watch.alive if pid not in children]
         if seen or gone or (exited and watch.supervisor_exit is None):
             with self.changed:
@@ -283,6 +312,13 @@ def open_observer(preferred: str) -> Observer:
                 raise SystemExit("cannot listen to the proc connector (%s); it needs root or "
                                  "CAP_NET_ADMIN: use --observer psutil-polling" % exc) from exc
     return PollingObserver().start()
+
+
+def _children(process: psutil.Process) -> List[psutil.Process]:
+    try:
+        return process.children()
+    except psutil.Error:
+        return []  # gone since it was listed
 
 
 def _running(pid: int) -> bool:

@@ -73,7 +73,41 @@ def _limit_target(benchmark: str, figure: str, limit: float, per_10s: bool = Fal
     return judge
 
 
-# The speed targets of issue 2 ("supervisor.py"), judged on pytest-supervisor's figures.
+def _subject_figure(results: List[dict], benchmark: str, subject: str, name: str
+                    ) -> Optional[dict]:
+    for result in results:
+        if (result["benchmark"] == benchmark and result["subject"] == subject
+                and not result["skipped"]):
+            return result["figures"].get(name)
+    return None
+
+
+def _floor_plus_target(benchmark: str, figure: str, extra: float
+                       ) -> Callable[[List[dict]], Tuple]:
+    """Within ``extra`` (the figure's unit) of the floor's figure."""
+    def judge(results: List[dict]) -> Tuple[Optional[str], Optional[bool]]:
+        ours = _figure(results, benchmark, figure)
+        floor = _subject_figure(results, benchmark, FLOOR, figure)
+        if ours is None or floor is None:
+            return None, None
+        return ("%s %s, the floor %s" % (_number(ours["value"]), ours["unit"],
+                                        _number(floor["value"])),
+                ours["value"] <= floor["value"] + extra)
+    return judge
+
+
+def _faster_than(benchmark: str, figure: str, peer: str) -> Callable[[List[dict]], Tuple]:
+    def judge(results: List[dict]) -> Tuple[Optional[str], Optional[bool]]:
+        ours = _figure(results, benchmark, figure)
+        theirs = _subject_figure(results, benchmark, peer, figure)
+        if ours is None or theirs is None:
+            return None, None
+        return ("%s %s, %s %s" % (_number(ours["value"]), ours["unit"], peer,
+                                  _number(theirs["value"])), ours["value"] < theirs["value"])
+    return judge
+
+
+# The speed targets of issues 2, 14 and 16, judged on pytest-supervisor's figures.
 TARGETS = [
     ("respawn after SIGKILL, 1 sleep service: p50 within 1.5x of the floor",
      _ratio_target("respawn_sleep", "p50", 1.5)),
@@ -91,6 +125,28 @@ TARGETS = [
      _limit_target("control_flood", "flood_p99", 5.0)),
     ("500 control clients that never read: RSS within 10 MB of idle",
      _limit_target("control_flood", "rss_growth", 10.0)),
+    # issue 16: within a hair of the floor, ahead of s6
+    ("issue 16: 100 services running within 1.3x of the floor",
+     _ratio_target("startup_100", "median", 1.3)),
+    ("issue 16: 100 services running faster than s6", _faster_than("startup_100", "median", "s6")),
+    ("issue 16: 500 services running within 1.3x of the floor",
+     _ratio_target("startup_500", "median", 1.3)),
+    ("issue 16: 1,000 services running within 1.3x of the floor",
+     _ratio_target("startup_1000", "median", 1.3)),
+    ("issue 16: respawn of 1 service, p50 within 1.25x of the floor",
+     _ratio_target("respawn_sleep", "p50", 1.25)),
+    ("issue 16: 10 of 20 killed, p50 within 1.2x of the floor",
+     _ratio_target("respawn_10_of_20", "p50", 1.2)),
+    ("issue 16: 10 of 20 killed, p95 within 1.5x of the floor's p95",
+     _ratio_target("respawn_10_of_20", "p95", 1.5)),
+    ("issue 16: idle with 100 services, no CPU over 10 s",
+     _limit_target("idle_100", "cpu", 0.001, per_10s=True)),
+    ("issue 16: idle with 100 services, PSS within 4 MB of the floor",
+     _floor_plus_target("idle_100", "pss", 4.0)),
+    ("issue 16: idle with 1,000 services, PSS within 8 MB of the floor",
+     _floor_plus_target("idle_1000", "pss", 8.0)),
+    ("issue 16: SIGTERM with 100 services, all gone within 1.5x of the floor",
+     _ratio_target("shutdown_100", "all_gone", 1.5)),
 ]
 
 
@@ -202,7 +258,7 @@ def markdown(report: dict) -> str:
                 "" if b is None else "%.0f%%" % b for b in busy))
     lines += [""] + ["[%d] %s" % (i + 1, note) for i, note in enumerate(notes)]
     if report["targets"]:
-        lines += ["", "### Targets (issue 2), pytest-supervisor", "",
+        lines += ["", "### Targets (issues 2, 14, 16), pytest-supervisor", "",
                   "| target | measured | met |", "|---|---|---|"]
         for target in report["targets"]:
             lines.append("| %s | %s | %s |" % (target["target"], target["measured"],

@@ -2,9 +2,13 @@
 
 Each ``Subject`` turns one list of ``Service`` into its own config file and command line.
 Every subject gets the same services with the same meaning: restart at once whatever the
-exit, never give up, discard the output. supervisord and circus run from virtualenvs of
-their own under ``benchmarks/.venvs/`` (supervisord's distribution is also called
-``supervisor``, so it must never share an environment with this project).
+exit, never give up, discard the output. The peers are installed when first needed, each
+where it cannot meet this project: supervisord and circus into virtualenvs of their own
+under ``benchmarks/.venvs/`` (supervisord's distribution is also called ``supervisor``, so it
+must never share an environment with this project), PM2 with npm into
+``benchmarks/.venvs/pm2/``, s6 and runit from the OS's packages (apt-get, as root). s6 and
+runit get their service folders from the test harness's own translation
+(``pytest_supervisor.targets.builtin``), written once for both.
 
 ``Launcher`` starts a subject in a session of its own with a tag in its environment that
 every descendant inherits, so that at the end -- normal, exception or Ctrl+C -- each
@@ -22,7 +26,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Type
+
+from pytest_supervisor.targets import builtin
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -93,6 +99,14 @@ class Subject:
     # A benchmark that a subject cannot run is reported as skipped with this reason.
     no_backoff_reason = "has no configurable exponential backoff comparable to ours"
     no_self_respawn_reason = "has no way to re-execute itself while keeping its children"
+    # A service that ran shorter than this is started again only once it has had this long
+    # (crash-loop protection); respawn trials kill only older processes, or they would
+    # measure that wait instead of the respawn.
+    restart_holdoff = 0.0
+    # Where its service processes are: how many generations below it, and the command lines
+    # of run scripts that exec the service (not the service yet).
+    service_depth = 1
+    launchers: Set[Tuple[str, ...]] = set()
 
     def version(self) -> str:
         raise NotImplementedError
@@ -100,6 +114,16 @@ class Subject:
     def command(self, services: Sequence[Service], workdir: Path, backoff: Optional[Backoff],
                 fault_injection: bool) -> List[str]:
         """Write the subject's config into ``workdir``; return the command that runs it."""
+        raise NotImplementedError
+
+    def environment(self, workdir: Path) -> Dict[str, str]:
+        """Variables the subject needs set (on top of ours) to run from ``workdir``."""
+        return {}
+
+    def under(self, python: str, cold: bool, folder: Path) -> "Subject":
+        """The same subject run by the interpreter ``python``, its own code compiled at
+        every start (``cold``) or read from bytecode compiled beforehand; ``folder`` is its
+        own to write in. Only subjects written in Python that run on any interpreter."""
         raise NotImplementedError
 
     def events_file(self, workdir: Path) -> Optional[Path]:
@@ -110,13 +134,40 @@ class Subject:
         return None
 
 
+def bytecode_environment(cold: bool) -> Dict[str, str]:
+    # An empty value is the same as unset: bytecode is written where it can be.
+    return {"PYTHONDONTWRITEBYTECODE": "1" if cold else ""}
+
+
+def python_copy(script: Path, python: str, cold: bool, folder: Path) -> Path:
+    """A copy of ``script`` in ``folder``: without bytecode (``cold``), or with it compiled by
+    ``python`` into ``__pycache__``, where an import of it finds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / script.name
+    shutil.copyfile(script, copy)
+    if not cold:
+        subprocess.run([python, "-m", "py_compile", str(copy)], check=True,
+                       env=dict(os.environ, **bytecode_environment(cold)))
+    return copy
+
+
 class PytestSupervisor(Subject):
     name = "pytest-supervisor"
     supports_backoff = True
     supports_self_respawn = True
 
-    def __init__(self, script: Path):
+    def __init__(self, script: Path, python: str = sys.executable,
+                 environment: Optional[Dict[str, str]] = None):
         self.script = script
+        self.python = python
+        self._environment = environment or {}
+
+    def environment(self, workdir: Path) -> Dict[str, str]:
+        return self._environment
+
+    def under(self, python: str, cold: bool, folder: Path) -> Subject:
+        return PytestSupervisor(python_copy(self.script, python, cold, folder), python,
+                                bytecode_environment(cold))
 
     def version(self) -> str:
         out = subprocess.run([sys.executable, str(self.script), "--version"],
@@ -139,7 +190,7 @@ class PytestSupervisor(Subject):
         }
         path = workdir / "services.yaml"
         path.write_text(json.dumps(config, indent=1))  # JSON is YAML
-        argv = [sys.executable, str(self.script), "run", "-c", str(path),
+        argv = [self.python, str(self.script), "run", "-c", str(path),
                 "--events", str(self.events_file(workdir)), "--log-level", "warning"]
         return argv + (["--allow-fault-injection"] if fault_injection else [])
 
@@ -153,6 +204,19 @@ class PytestSupervisor(Subject):
 class FloorRespawner(Subject):
     name = "floor"
 
+    def __init__(self, script: Path = BENCH_DIR / "floor_respawner.py",
+                 python: str = sys.executable, environment: Optional[Dict[str, str]] = None):
+        self.script = script
+        self.python = python
+        self._environment = environment or {}
+
+    def environment(self, workdir: Path) -> Dict[str, str]:
+        return self._environment
+
+    def under(self, python: str, cold: bool, folder: Path) -> Subject:
+        return FloorRespawner(python_copy(self.script, python, cold, folder), python,
+                              bytecode_environment(cold))
+
     def version(self) -> str:
         return "benchmarks/floor_respawner.py"
 
@@ -160,15 +224,23 @@ class FloorRespawner(Subject):
                 fault_injection: bool) -> List[str]:
         path = workdir / "commands.json"
         path.write_text(json.dumps([list(s.argv) for s in services]))
-        return [sys.executable, str(BENCH_DIR / "floor_respawner.py"), str(path)]
+        return [self.python, str(self.script), str(path)]
 
 
 class Peer(Subject):
+    """Another project's supervisor, installed for the benchmark when first needed."""
+
+    no_backoff_reason = "its restart delays follow its own rules, not a configurable series"
+
+    def install(self) -> None:
+        raise NotImplementedError
+
+
+class PythonPeer(Peer):
     """A supervisor from PyPI, installed into its own virtualenv when first needed."""
 
     distribution = ""
     module = ""  # imported to tell whether the virtualenv already has the distribution
-    no_backoff_reason = "its restart delays follow its own rules, not a configurable series"
 
     def __init__(self) -> None:
         self.venv = VENVS_DIR / self.name
@@ -195,7 +267,7 @@ class Peer(Subject):
         return "%s %s" % (self.distribution, out.stdout.strip())
 
 
-class Supervisord(Peer):
+class Supervisord(PythonPeer):
     name = "supervisord"
     distribution = "supervisor"
     module = "supervisor.supervisord"
@@ -218,7 +290,7 @@ class Supervisord(Peer):
         return [str(self.venv / "bin" / "supervisord"), "-n", "-c", str(path)]
 
 
-class Circus(Peer):
+class Circus(PythonPeer):
     name = "circus"
     distribution = "circus"
     module = "circus.arbiter"
@@ -247,6 +319,121 @@ class Circus(Peer):
                 "--log-output", str(workdir / "circusd.log"), str(path)]
 
 
+class DebianPeer(Peer):
+    """A C supervisor from the OS's package, whose service folders the test harness writes."""
+
+    package = ""
+    program = ""  # on PATH once the package is installed
+    target: Type[builtin.Target] = builtin.Target
+    launchers = {("/bin/sh", "./run")}  # the service folder's run script, which execs it
+
+    def install(self) -> None:
+        if shutil.which(self.program):
+            return
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            raise RuntimeError("no %s on PATH, and installing the Debian package %s needs "
+                               "root and apt-get" % (self.program, self.package))
+        for step in (["apt-get", "update", "-qq"],
+                     ["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                      self.package]):
+            done = subprocess.run(step, capture_output=True, text=True, check=False,
+                                  timeout=600)
+            if done.returncode != 0:
+                raise RuntimeError("%s failed: %s" % (" ".join(step),
+                                                      done.stderr.strip()[-400:]))
+
+    def version(self) -> str:
+        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", self.package],
+                             capture_output=True, text=True, check=False)
+        if out.returncode != 0 or not out.stdout:
+            return "%s (%s)" % (self.package, shutil.which(self.program))
+        return "%s %s" % (self.package, out.stdout.strip())
+
+    def command(self, services: Sequence[Service], workdir: Path, backoff: Optional[Backoff],
+                fault_injection: bool) -> List[str]:
+        config: Dict[str, Any] = {
+            "defaults": {"restart": "always", "stdout": "null", "stderr": "null"},
+            "services": {s.name: {"command": list(s.argv)} for s in services}}
+        return list(self.target().launch(config, workdir).argv)
+
+
+class S6(DebianPeer):
+    """s6-svscan over one s6-supervise per service, each running the service's ``run``
+    script (``sh``, which execs the command). s6-supervise starts a service again a second
+    after it died (2.11, however long it ran, finish script or not): its respawn figures
+    are that second."""
+
+    name = "s6"
+    service_depth = 2  # s6-svscan -> s6-supervise -> service
+    package = "s6"
+    program = "s6-svscan"
+    target = builtin.S6
+
+    def command(self, services: Sequence[Service], workdir: Path, backoff: Optional[Backoff],
+                fault_injection: bool) -> List[str]:
+        program, *rest = super().command(services, workdir, backoff, fault_injection)
+        # s6-svscan supervises at most 500 services unless told otherwise
+        return [program, "-c", str(max(500, 2 * len(services))), *rest]
+
+
+class Runit(DebianPeer):
+    """runsvdir over one runsv per service, each running its ``run`` script; under ``sh``,
+    which on SIGTERM stops the services as runit's stage 3 does."""
+
+    name = "runit"
+    restart_holdoff = 1.1  # runsv waits for a service that ran less than 1 s
+    service_depth = 3  # sh -> runsvdir -> runsv -> service
+    package = "runit"
+    program = "runsvdir"
+    target = builtin.Runit
+
+
+class Pm2(Peer):
+    """PM2 in the foreground (``pm2-runtime``), from npm into ``benchmarks/.venvs/pm2``."""
+
+    name = "pm2"
+    # PM2 counts a restart within min_uptime (1 s) as unstable and gives up after
+    # max_restarts of those (16): "never give up" needs both out of the way.
+    MAX_RESTARTS = 1_000_000_000
+
+    def __init__(self) -> None:
+        self.folder = VENVS_DIR / "pm2"
+        self.runtime = self.folder / "node_modules" / ".bin" / "pm2-runtime"
+
+    def install(self) -> None:
+        if self.runtime.exists():
+            return
+        npm = shutil.which("npm")
+        if npm is None:
+            raise RuntimeError("npm is not on PATH")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run([npm, "install", "--prefix", str(self.folder), "--no-audit",
+                               "--no-fund", "--silent", "pm2"], capture_output=True,
+                              text=True, check=False, timeout=600)
+        if done.returncode != 0 or not self.runtime.exists():
+            raise RuntimeError("npm install pm2 failed: %s" % done.stderr.strip()[-400:])
+
+    def version(self) -> str:
+        package = self.folder / "node_modules" / "pm2" / "package.json"
+        node = subprocess.run(["node", "--version"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        return "pm2 %s (node %s)" % (json.loads(package.read_text())["version"], node)
+
+    def environment(self, workdir: Path) -> Dict[str, str]:
+        return {"PM2_HOME": str(workdir / "pm2-home")}  # its sockets and files, not ~/.pm2
+
+    def command(self, services: Sequence[Service], workdir: Path, backoff: Optional[Backoff],
+                fault_injection: bool) -> List[str]:
+        apps = [{"name": s.name, "script": s.argv[0], "args": list(s.argv[1:]),
+                 "interpreter": "none", "exec_mode": "fork", "autorestart": True,
+                 "restart_delay": 0, "min_uptime": 0, "max_restarts": self.MAX_RESTARTS,
+                 "out_file": "/dev/null", "error_file": "/dev/null"}
+                for s in services]
+        path = workdir / "ecosystem.json"
+        path.write_text(json.dumps({"apps": apps}, indent=1))
+        return [str(self.runtime), "start", str(path)]
+
+
 # --------------------------------------------------------------------------- launching
 
 def tagged_processes(tag: str) -> Set[int]:
@@ -273,10 +460,11 @@ class Launcher:
         self._count = 0
         self._children: Dict[int, subprocess.Popen] = {}
 
-    def launch(self, argv: List[str], workdir: Path) -> Tuple[subprocess.Popen, str]:
+    def launch(self, argv: List[str], workdir: Path, environment: Optional[Dict[str, str]] = None
+               ) -> Tuple[subprocess.Popen, str]:
         self._count += 1
         tag = "%s/%d/" % (self.run_tag, self._count)
-        env = dict(os.environ, **{RUN_TAG_ENV: tag})
+        env = dict(os.environ, **(environment or {}), **{RUN_TAG_ENV: tag})
         with open(workdir / "output.log", "ab") as output:
             proc = subprocess.Popen(argv, cwd=str(workdir), env=env, stdin=subprocess.DEVNULL,
                                     stdout=output, stderr=subprocess.STDOUT,

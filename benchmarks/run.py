@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark pytest-supervisor against the physical floor (and supervisord and circus).
+"""Benchmark pytest-supervisor against the physical floor (and s6, runit, supervisord,
+circus and PM2).
 
     python benchmarks/run.py [--quick] [--only NAME[,NAME]] [--peers] [--storm-seconds S]
 
@@ -32,11 +33,14 @@ import bench_report as report
 from bench_observe import open_observer
 from bench_subjects import (
     REPO_ROOT,
+    S6,
     Circus,
     FloorRespawner,
     Launcher,
     Peer,
+    Pm2,
     PytestSupervisor,
+    Runit,
     Subject,
     Supervisord,
 )
@@ -63,6 +67,9 @@ BENCHMARKS = [
               functools.partial(measure.startup, count=500), False),
     Benchmark("startup_1000", "startup", "launch until 1,000 `sleep` services run",
               functools.partial(measure.startup, count=1000), False),
+    Benchmark("startup_interpreters", "startup", "launch until 100 `sleep` services run, "
+              "under a virtualenv's interpreter and the machine's default, warm and cold",
+              functools.partial(measure.startup_interpreters, count=100), True),
     Benchmark("idle_100", "idle", "idle with 100 services", functools.partial(
         measure.idle, count=100), True),
     Benchmark("idle_1000", "idle", "idle with 1,000 services", functools.partial(
@@ -93,8 +100,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                              "comma-separated" % ", ".join(sorted(
                                  {b.group for b in BENCHMARKS} | {b.name for b in BENCHMARKS})))
     parser.add_argument("--peers", action="store_true",
-                        help="also measure supervisord and circus (installed on first use "
-                             "into benchmarks/.venvs/)")
+                        help="also measure s6, runit, supervisord, circus and PM2 (installed on "
+                             "first use; see benchmarks/README.md)")
     parser.add_argument("--storm-seconds", type=float, default=None, metavar="S",
                         help="length of each crash storm (default 10, --quick 2)")
     parser.add_argument("--supervisor", type=Path, default=REPO_ROOT / "supervisor.py",
@@ -123,7 +130,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def _subjects(args: argparse.Namespace) -> List[Subject]:
     subjects: List[Subject] = [FloorRespawner(), PytestSupervisor(args.supervisor.resolve())]
     if args.peers:
-        subjects += [Supervisord(), Circus()]
+        subjects += [S6(), Runit(), Supervisord(), Circus(), Pm2()]
     return subjects
 
 
