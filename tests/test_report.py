@@ -316,7 +316,7 @@ def test_page_opens_in_chromium_with_its_plots_and_no_console_errors(
     pytester: pytest.Pytester, tmp_path: Path
 ) -> None:
     write_tests(pytester, PLOTTED)
-    run(pytester).assert_outcomes(passed=1)
+    run(pytester, "--supervisor-report=reports").assert_outcomes(passed=1)  # (uses no fixture)
     page = pytester.path / "reports" / "report.html"
     assert outside_references(page.read_text("utf-8")) == []  # opens with no network
     dom, console = open_in_chromium(page, tmp_path / "profile")

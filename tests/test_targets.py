@@ -180,8 +180,11 @@ def test_black_box_observation_of_our_supervisor_agrees_with_its_event_stream(
     assert len(theirs) <= len(ours) + 1  # nothing seen that ours did not start
     differences = [abs(theirs[pid] - ours[pid]) for pid in ours]
     exits = {e["pid"] for e in seen if e["event"] == "exited"}
-    # A service ended by the stop is "stopped" in our stream, "exited" seen from outside.
-    assert exits >= {e["pid"] for e in handle.events if e["event"] == "exited"}
+    # A service ended by the stop is "stopped" in our stream, "exited" seen from outside; the
+    # first instance may have started before the observer listened (as above), and then its
+    # exit is no process the observer knew.
+    assert exits >= {e["pid"] for e in handle.events if e["event"] == "exited"
+                     and e["pid"] in ours}
     # The precision README states: within 2 ms of the supervisor's own stamp at p50 (the
     # listing of the pidfd method is every 2 ms; the kernel's stamps are exact).
     assert statistics.median(differences) < 0.01, differences
