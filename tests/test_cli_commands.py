@@ -287,7 +287,7 @@ def test_logs_errors(supervisor_factory, home):
     ("status", ["--json", "--socket", "-c FILE"], ["--exit-with-parent", "--allow-fault-injection",
                                                    "--events", "--follow"]),
     ("run", ["--events", "--exit-with-parent", "--no-color"], ["--json", "--socket"]),
-    ("logs", ["-n N, --lines N", "-f, --follow"], ["--json", "--events"]),
+    ("logs", ["--lines N", "-f, --follow"], ["--json", "--events"]),  # (3.13: "-n, --lines N")
     ("signal", ["NAME", "SIG"], ["--json", "--events"]),
     ("stop", ["NAME"], ["--json", "--events"]),
 ])

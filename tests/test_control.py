@@ -407,10 +407,23 @@ def test_requests_that_break_a_json_parser_get_an_answer(supervisor_factory, dum
             reply = json.loads(replies.readline())
             return reply.get("id"), reply["ok"], reply.get("error")
 
+        def refusal(line):
+            """What the supervisor (the same Python as this one) makes of a broken line: its
+            parser recurses and gives up on deep nesting up to 3.12, and says it is no JSON
+            from 3.13 on, which parses without recursing."""
+            try:
+                json.loads(line)
+            except RecursionError:
+                return "nested too deeply"
+            except ValueError:
+                return "not JSON"
+            raise AssertionError("%r parsed" % line[:20])
+
+        deep_lines = [b"[" * 5000,
+                      b'{"v": 1, "cmd": "status", "args": ' + b"{\"a\": " * 5000 + b"}"]
         for _ in range(8):
-            assert ask(b"[" * 5000) == (None, False, "nested too deeply")
-            assert ask(b'{"v": 1, "cmd": "status", "args": ' + b"{\"a\": " * 5000 + b"}") == (
-                None, False, "nested too deeply")
+            for line in deep_lines:
+                assert ask(line) == (None, False, refusal(line))
         assert ask(b'{"v": 1, "id": ' + b"9" * 5000 + b', "cmd": "status"}') == (
             None, False, "numbers longer than 100 digits are refused")
         assert ask(b'{"v": 1, "cmd": "start", "args": {"names": [-' + b"1" * 60000 + b']}}') == (
