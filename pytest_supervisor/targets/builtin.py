@@ -199,7 +199,8 @@ class Circus(Target):
             f"check_delay = {CIRCUS_CHECK_DELAY}",
             f"endpoint = ipc://{directory / 'control.sock'}",
             f"pubsub_endpoint = ipc://{directory / 'pubsub.sock'}",
-            f"stats_endpoint = ipc://{directory / 'stats.sock'}",
+            # No stats_endpoint: naming one turns circusd-stats on, a process that, starting
+            # on a busy machine, could keep circusd from exiting on SIGTERM.
             "statsd = False",
             "",
         ]
