@@ -28,6 +28,36 @@ How it is put together, top to bottom:
 """
 from __future__ import annotations
 
+import os
+import sys
+
+# Run as a script, CPython keeps the script's parse tree until the script returns: for this
+# file about 10 MB, held for the whole life of a supervisor. An import frees it once the module
+# is compiled, or loads __pycache__ and never builds it. So `python supervisor.py run`
+# re-executes itself at once (same PID, same sys.argv) to import this file and run it from
+# there: before the imports below, so that they are done once, by the image that stays.
+_RUN_AS_IMPORT = (
+    "import importlib.util as u, sys; del sys.argv[0]; "  # "-c"; the script's path follows
+    "s = u.spec_from_file_location('supervisor', sys.argv[0]); "
+    "m = sys.modules['supervisor'] = u.module_from_spec(s); "
+    "s.loader.exec_module(m); sys.exit(m.main())")
+
+
+def run_as_import() -> None:
+    """Re-execute this script as an import (see above); returns only where that cannot be:
+    no exec that keeps the PID (Windows), no interpreter to name, or the exec failed (the
+    script runs as well, only bigger). Only for `run`: a short command is gone before the
+    memory matters, and "run" anywhere in the arguments is close enough to tell."""
+    if os.name == "posix" and sys.executable and "run" in sys.argv[1:]:
+        try:
+            os.execv(sys.executable, [sys.executable, "-c", _RUN_AS_IMPORT] + sys.argv)
+        except OSError:
+            pass
+
+
+if __name__ == "__main__" and __spec__ is None:  # no spec: a file run, not `python -m`
+    run_as_import()
+
 import argparse
 import binascii
 import collections
@@ -41,7 +71,6 @@ import heapq
 import itertools
 import json
 import math
-import os
 import queue
 import random
 import re
@@ -54,7 +83,6 @@ import socket
 import stat
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -4396,7 +4424,7 @@ def respawn_self() -> None:
 def _own_arguments() -> List[str]:
     """The interpreter's arguments that run this supervisor again: sys.argv, or, when that
     names this file (``python supervisor.py``, ``python -m supervisor``), an import of it
-    (see run_as_import) rather than the script, which would parse it all to re-execute again.
+    (see _RUN_AS_IMPORT) rather than the script, which would parse it all to re-execute again.
     """
     if sys.argv and os.path.abspath(sys.argv[0]) == os.path.abspath(__file__):
         return ["-c", _RUN_AS_IMPORT] + sys.argv
@@ -4678,32 +4706,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Run as a script, CPython keeps the script's parse tree until the script returns: for this
-# file about 8 MB, held for the whole life of a supervisor. An import frees it once the module
-# is compiled, or loads __pycache__ and never builds it. So `python supervisor.py run` first
-# re-executes itself (same PID, same sys.argv) to import this file and run it from there.
-_RUN_AS_IMPORT = (
-    "import importlib.util as u, sys; del sys.argv[0]; "  # "-c"; the script's path follows
-    "s = u.spec_from_file_location('supervisor', sys.argv[0]); "
-    "m = sys.modules['supervisor'] = u.module_from_spec(s); "
-    "s.loader.exec_module(m); sys.exit(m.main())")
-
-
-def run_as_import() -> None:
-    """Re-execute this script as an import (see above); returns only where that cannot be."""
-    if not PlatformProcesses.exec_keeps_children or not sys.executable:
-        return  # no exec that keeps the PID (Windows), or no interpreter to name: stay as is
-    try:
-        os.execv(sys.executable, [sys.executable, "-c", _RUN_AS_IMPORT] + sys.argv)
-    except OSError:
-        pass  # the script runs as well, only bigger
-
-
-def main(argv: Optional[List[str]] = None, as_script: bool = False) -> int:
-    """The command line. ``as_script``: this file runs as the script, not as a module."""
+def main(argv: Optional[List[str]] = None) -> int:
+    """The command line."""
     args = build_parser().parse_args(argv)
-    if as_script and args.command == "run":
-        run_as_import()
     if args.command == "check":
         try:
             config = parse_config(read_config_text(args.config), args.config)
@@ -4809,4 +4814,4 @@ def format_status(rows: List[Dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main(as_script=__spec__ is None))  # no spec: a file run, not `python -m`
+    sys.exit(main())

@@ -205,6 +205,28 @@ def test_run_as_a_script_reexecutes_itself_as_an_import_in_the_same_process(tmp_
     assert len({pid for _, pid in service_events}) == 1  # adopted, not restarted
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="only POSIX exec keeps the PID")
+def test_run_as_a_script_imports_its_modules_once(tmp_path):
+    """The script re-executes itself before it imports anything: PyYAML and the rest are
+    imported by the image that stays, not once more by the one it replaces."""
+    path = write(tmp_path, "services:\n  web:\n    command: sleep 600\n")
+    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")  # both images print their imports
+    proc = subprocess.Popen([sys.executable, SUPERVISOR, "run", "-c", str(path)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    imported = []
+    try:
+        for line in proc.stderr:
+            if "spawned pid" in line:
+                break
+            if line.startswith("import time:"):
+                imported.append(line.rsplit("|", 1)[1].strip())
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert imported.count("yaml") == 1 and imported.count("argparse") == 1, imported
+
+
 def read_events(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 

@@ -172,43 +172,36 @@ def test_a_service_restarted_while_adopting_does_not_inherit_the_exec_signal_mas
     assert len(masks) == 1 and not masks[0] & supervisor.EXEC_BLOCKED_SIGNALS
 
 
-def run_main_as_script(argv, execv_effect=None):
-    """main() as `python supervisor.py ARGV` runs it, with execv and the Runner mocked."""
-    with mock.patch("supervisor.os.execv", side_effect=execv_effect) as execv, mock.patch(
-        "supervisor.Runner"
-    ) as runner, mock.patch.object(sys, "argv", ["supervisor.py", *argv]):
-        runner.return_value.run.return_value = 0
-        code = supervisor.main(argv, as_script=True)
-    return code, execv, runner
+def run_as_import(argv, execv_effect=None):
+    """The start of `python supervisor.py ARGV`, with execv mocked."""
+    with mock.patch("supervisor.os.execv", side_effect=execv_effect) as execv, mock.patch.object(
+        sys, "argv", ["supervisor.py", *argv]
+    ):
+        supervisor.run_as_import()  # returns only because execv is mocked
+    return execv
 
 
 def test_run_as_a_script_reexecutes_itself_as_an_import_with_the_same_argv():
-    code, execv, runner = run_main_as_script(["run", "-c", "x.yaml"])
+    execv = run_as_import(["run", "-c", "x.yaml"])
     execv.assert_called_once_with(sys.executable, [
         sys.executable, "-c", supervisor._RUN_AS_IMPORT, "supervisor.py", "run", "-c", "x.yaml"])
-    assert code == 0 and runner.call_count == 1  # reached only because execv is mocked
 
 
 def test_run_as_a_script_goes_on_as_it_is_when_the_reexec_fails():
-    code, execv, runner = run_main_as_script(["run"], execv_effect=OSError(7, "too long"))
-    assert execv.call_count == 1 and runner.call_count == 1 and code == 0
+    assert run_as_import(["run"], execv_effect=OSError(7, "too long")).call_count == 1
 
 
 def test_run_as_a_script_stays_as_it_is_without_an_interpreter_to_name():
     with mock.patch.object(sys, "executable", None):
-        code, execv, runner = run_main_as_script(["run"])
-    assert execv.call_count == 0 and runner.call_count == 1 and code == 0
+        assert run_as_import(["run"]).call_count == 0
 
 
 def test_only_a_script_run_of_run_reexecutes():
+    assert run_as_import(["status"]).call_count == 0  # a short-lived command
     with mock.patch("supervisor.os.execv") as execv, mock.patch("supervisor.Runner") as runner:
         runner.return_value.run.return_value = 0
         supervisor.main(["run"])  # imported: python -m supervisor, the console script
-    with mock.patch("supervisor.os.execv") as execv_check, mock.patch.object(
-        supervisor, "control_command", return_value=0
-    ):
-        supervisor.main(["status"], as_script=True)  # a short-lived command
-    assert execv.call_count == 0 and execv_check.call_count == 0
+    assert execv.call_count == 0
 
 
 def test_log_text_format():
