@@ -64,7 +64,6 @@ import collections
 import contextlib
 import ctypes
 import dataclasses
-import difflib
 import enum
 import errno
 import heapq
@@ -72,24 +71,20 @@ import itertools
 import json
 import math
 import queue
-import random
 import re
 import select
 import selectors
 import shlex
-import shutil
 import signal
 import socket
 import stat
 import struct
-import subprocess
-import tempfile
 import threading
 import time
-import traceback
 import types
 from dataclasses import dataclass, field
 from typing import (
+    TYPE_CHECKING,
     Any,
     Callable,
     Deque,
@@ -105,6 +100,9 @@ from typing import (
     Tuple,
     runtime_checkable,
 )
+
+if TYPE_CHECKING:
+    import subprocess
 
 import yaml
 
@@ -428,6 +426,7 @@ def _did_you_mean(word: Any, options: Any, normal: Callable[[str], str] = str.lo
     """A " (did you mean ...?)" hint naming the option closest to `word`, or ""."""
     if not isinstance(word, str):
         return ""
+    import difflib  # (only a mistake needs it)
     by_normal = {normal(option): option for option in options}
     close = difflib.get_close_matches(normal(word), list(by_normal), n=1)
     return f" (did you mean {by_normal[close[0]]!r}?)" if close else ""
@@ -1082,8 +1081,13 @@ class Service:
             self.timer = None
 
 
+def _uniform(low: float, high: float) -> float:
+    import random  # (only a backoff with jitter needs it)
+    return random.uniform(low, high)
+
+
 def restart_delay(config: ServiceConfig, restart_number: int,
-                  rng: Callable[[float, float], float] = random.uniform) -> float:
+                  rng: Callable[[float, float], float] = _uniform) -> float:
     """Delay before restart number ``restart_number`` (1 = the first restart)."""
     if config.restart_delay <= 0:
         return 0.0
@@ -1102,7 +1106,7 @@ class Decision(NamedTuple):
 
 
 def decide_after_exit(config: ServiceConfig, retries: int, expected: bool, uptime: float,
-                      rng: Callable[[float, float], float] = random.uniform) -> Decision:
+                      rng: Callable[[float, float], float] = _uniform) -> Decision:
     """The restart policy as a pure function of the config, the retry count so far, whether
     the exit was expected (a success for on-failure) and how long the instance ran."""
     if uptime >= config.reset_after:
@@ -1183,8 +1187,8 @@ class Launch:
     shell: bool
     cwd: Optional[str]
     env: Dict[str, str]
-    stdout: Any             # None (inherit), subprocess.DEVNULL or a file descriptor
-    stderr: Any
+    stdout: Optional[int]   # a descriptor to write to, or None for /dev/null
+    stderr: Optional[int]
     user: Optional[str]
     umask: Optional[int]
 
@@ -1419,7 +1423,7 @@ class PosixProcesses:
         self._cgroups: Optional[str] = None   # our folder of service cgroups
         self._home: Optional[str] = None      # the cgroup we run in
         self._inotify: Optional[Inotify] = None
-        self._popen: Dict[int, subprocess.Popen] = {}
+        self._children: Set[int] = set()  # the services' main processes we started
         self._reaped_early: List[Tuple[int, ExitInfo]] = []  # by is_child() without waitid
         self.services_open_files: Optional[int] = None  # see raise_open_files_limit()
 
@@ -1432,6 +1436,7 @@ class PosixProcesses:
         process between cgroups wait for an RCU grace period (about 10 ms) unless cgroup2 is
         mounted with ``favordynmods`` (Linux 6.0+): a respawn would cost that much. So
         ``auto`` takes cgroups only where moves are cheap; ``cgroup`` takes them anyway."""
+        _keep_descriptors_from_services()
         wanted = os.environ.get(TREE_BACKEND_ENV, "auto")
         if wanted not in TREE_BACKENDS:
             raise StartRefused("%s=%s: expected one of %s%s" % (
@@ -1598,18 +1603,15 @@ class PosixProcesses:
             assert self._home is not None
             _write_file(os.path.join(tree.path, "cgroup.procs"), b"0")
         try:
-            proc = subprocess.Popen(
-                launch.command, shell=launch.shell, cwd=launch.cwd, env=launch.env,
-                stdin=subprocess.DEVNULL, stdout=launch.stdout, stderr=launch.stderr,
-                start_new_session=True, close_fds=True, **_privileges(launch.user, launch.umask))
+            pid = _start_process(launch)
         finally:
             if isinstance(tree, CgroupTree):
                 _write_file(os.path.join(self._home, "cgroup.procs"), b"0")  # type: ignore[arg-type]
-        self._popen[proc.pid] = proc
+        self._children.add(pid)
         if self.services_open_files is not None:
-            _give_back_open_files_limit(proc.pid, self.services_open_files)
-        tree.begin(proc.pid)
-        return proc.pid
+            _give_back_open_files_limit(pid, self.services_open_files)
+        tree.begin(pid)
+        return pid
 
     # -- watching and reaping
 
@@ -1632,12 +1634,8 @@ class PosixProcesses:
                 break
             if pid == 0:
                 break
-            info = _exit_info(status)
-            proc = self._popen.pop(pid, None)
-            if proc is not None:
-                # so that Popen never waits for this pid again (it could be reused by then)
-                proc.returncode = info.returncode if info.signal is None else -1
-            reaped.append((pid, info))
+            self._children.discard(pid)
+            reaped.append((pid, _exit_info(status)))
         return reaped
 
     def wait(self, pid: int) -> None:
@@ -1646,9 +1644,7 @@ class PosixProcesses:
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass  # already reaped
-        proc = self._popen.pop(pid, None)
-        if proc is not None:
-            proc.returncode = -1
+        self._children.discard(pid)
 
     def is_child(self, pid: int) -> bool:
         """True if ``pid`` is still our child (alive, or dead and not yet reaped)."""
@@ -1680,7 +1676,7 @@ class PosixProcesses:
         with contextlib.suppress(OSError):
             for task in os.listdir("/proc/self/task"):
                 children |= _read_pids("/proc/self/task/%s/children" % task)
-        return {pid for pid in children if pid not in self._popen and _alive(pid)}
+        return {pid for pid in children if pid not in self._children and _alive(pid)}
 
     # -- signalling
 
@@ -1943,9 +1939,11 @@ class WindowsProcesses:
         if launch.user is not None:
             raise PermissionError(errno.EPERM, "user: is not supported on Windows")
         # (umask is ignored: Windows files carry ACLs, not mode bits)
+        import subprocess
         proc = subprocess.Popen(
             launch.command, shell=launch.shell, cwd=launch.cwd, env=launch.env,
-            stdin=subprocess.DEVNULL, stdout=launch.stdout, stderr=launch.stderr,
+            stdin=subprocess.DEVNULL, stdout=_or_devnull(launch.stdout),
+            stderr=_or_devnull(launch.stderr),
             creationflags=subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
             | CREATE_SUSPENDED)
         job = None
@@ -2228,6 +2226,11 @@ def _give_back_open_files_limit(pid: int, soft: int) -> None:
         pass  # it is gone already, or it switched user (it then kept the limit we gave it)
 
 
+def _traceback() -> str:
+    import traceback  # (only an unexpected error needs it)
+    return traceback.format_exc()
+
+
 def describe_os_error(exc: Exception) -> str:
     """An error in words: running out of descriptors names the limit to raise."""
     if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
@@ -2247,6 +2250,82 @@ def _exit_info(status: int) -> ExitInfo:
     if os.WIFSIGNALED(status):
         return ExitInfo(None, signal.Signals(os.WTERMSIG(status)).name)
     return ExitInfo(os.WEXITSTATUS(status), None)
+
+
+# A service starts with every signal at its default action, as systemd starts its units: none
+# stays ignored because the supervisor (or whoever started it, nohup say) ignores it.
+_DEFAULT_SIGNALS = frozenset(getattr(signal, "valid_signals", lambda: ())()) - {
+    getattr(signal, "SIGKILL", None), getattr(signal, "SIGSTOP", None)}
+
+
+def _start_process(launch: Launch) -> int:
+    """Start one service process in a session of its own; its pid.
+
+    posix_spawn (vfork and exec: the cost does not grow with the supervisor's size, and no
+    Python runs in the child) wherever it can do all that is asked; Popen for a working folder,
+    a user or a umask, which posix_spawn cannot set. The supervisor's own descriptors are all
+    close-on-exec (Python opens them so, and ``_keep_descriptors_from_services`` marks those
+    it was given), so a service gets stdin, stdout and stderr only."""
+    argv = ["/bin/sh", "-c", launch.command] if launch.shell else list(launch.command)
+    if launch.cwd is None and launch.user is None and launch.umask is None \
+            and hasattr(os, "posix_spawn"):
+        actions: List[Tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+        for fd, target in ((1, launch.stdout), (2, launch.stderr)):
+            if target is None:
+                actions.append((os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_WRONLY, 0))
+            else:
+                actions.append((os.POSIX_SPAWN_DUP2, target, fd))
+        return os.posix_spawn(_find_program(argv[0], launch.env), argv, launch.env,
+                              file_actions=actions, setsid=True, setsigmask=(),
+                              setsigdef=_DEFAULT_SIGNALS)
+    import subprocess
+    try:
+        proc = subprocess.Popen(
+            argv, cwd=launch.cwd, env=launch.env, stdin=subprocess.DEVNULL,
+            stdout=_or_devnull(launch.stdout), stderr=_or_devnull(launch.stderr),
+            start_new_session=True, close_fds=True, **_privileges(launch.user, launch.umask))
+    except subprocess.SubprocessError as exc:  # Python 3.8's preexec_fn failed in the child
+        raise OSError(str(exc)) from None
+    proc.returncode = 0  # reap() collects it (waitpid -1): Popen must never wait for it too
+    return proc.pid
+
+
+def _keep_descriptors_from_services() -> None:
+    """Make every descriptor the supervisor was given beyond 0-2 (a shell's ``3>file``, a pipe
+    of its parent's) close-on-exec, so that no service inherits it; and put /dev/null on any of
+    0-2 that is closed, so that no pipe of ours takes its number."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.dup2(os.open(os.devnull, os.O_RDWR), fd)
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/dev/fd"):
+            if int(name) > 2:
+                with contextlib.suppress(OSError):  # (the listing's own, closed by now)
+                    os.set_inheritable(int(name), False)
+
+
+def _or_devnull(fd: Optional[int]) -> int:
+    import subprocess
+    return subprocess.DEVNULL if fd is None else fd
+
+
+def _find_program(program: str, env: Mapping[str, str]) -> str:
+    """The file exec runs for ``program``: itself if it names a path, else the first executable
+    of that name along the service's own PATH, as execvp (and Popen) look for it."""
+    if os.sep in program:
+        return program
+    denied = None
+    for folder in os.get_exec_path(env):
+        path = os.path.join(folder, program)
+        if os.path.isfile(path):
+            if os.access(path, os.X_OK):
+                return path
+            denied = denied or path
+    if denied is not None:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), denied)
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
 
 
 def _privileges(user: Optional[str], umask: Optional[int]) -> Dict[str, Any]:
@@ -2484,12 +2563,13 @@ def _program_problem(program: str, env: Mapping[str, str], cwd: Optional[str]) -
         if not os.path.isfile(path):
             return "program %r not found" % program
         return None if os.access(path, os.X_OK) else "program %r is not executable" % program
-    if shutil.which(program, path=env.get("PATH")) is not None:
-        return None
-    folders = (env.get("PATH") or os.defpath).split(os.pathsep)
-    if any(os.path.isfile(os.path.join(folder, program)) for folder in folders if folder):
+    try:
+        _find_program(program, env)
+    except PermissionError:
         return "program %r is on PATH but not executable" % program
-    return "program %r not found on PATH" % program
+    except FileNotFoundError:
+        return "program %r not found on PATH" % program
+    return None
 
 
 class Forwarder:
@@ -2745,6 +2825,7 @@ class ReexecRequested(Exception):
 
 # What the loop does with each signal it is told about (POSIX names; missing ones are skipped).
 HANDLED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGCHLD", "SIGBREAK")
+_SIGCHLD = getattr(signal, "SIGCHLD", None)
 # How long after SIGKILLing everything at the end of a shutdown we still wait for the reaps.
 FINAL_REAP_GRACE = 5.0
 # Re-check cadence for a stopping service whose processes cannot wake us when they die
@@ -2764,7 +2845,7 @@ class ServiceManager:
 
     def __init__(self, config: Config, events: Optional[EventStream] = None,
                  processes: Any = None, clock: Callable[[], float] = time.monotonic,
-                 rng: Callable[[float, float], float] = random.uniform, config_text: str = ""):
+                 rng: Callable[[float, float], float] = _uniform, config_text: str = ""):
         self.config = config
         self.config_text = config_text  # what a re-executed image parses again
         self.clock = clock
@@ -2801,6 +2882,7 @@ class ServiceManager:
         self._state_written = -STATE_WRITE_DELAY  # clock() of the last state file write
         self._start_times: Dict[int, Optional[float]] = {}  # pid -> start time, for the state file
         self._environments: Dict[str, Tuple[ServiceConfig, Dict[str, str], List[str]]] = {}
+        self._base_environment: Optional[Dict[str, str]] = None
         self.state_file: Optional[str] = None  # where live PIDs are kept, once running for real
 
     # -- public API
@@ -2976,7 +3058,8 @@ class ServiceManager:
             self.shutdown(why="shutdown requested through the shutdown event")
 
     def _record_signal(self, signum: int, frame: Any) -> None:
-        self._pending_signals.append(signum)
+        if signum != _SIGCHLD:  # its handler is there for the wake-up; reap() does the rest
+            self._pending_signals.append(signum)
 
     def _drain_wakeup(self) -> None:
         assert self._wakeup is not None
@@ -3050,7 +3133,7 @@ class ServiceManager:
         try:
             launch = self._launch(service, pipes)
             pid = self.processes.spawn(launch, self._tree(service))
-        except (OSError, ValueError, LookupError, subprocess.SubprocessError) as exc:
+        except (OSError, ValueError, LookupError) as exc:
             for _, reader, writer in pipes:
                 os.close(reader)
                 os.close(writer)
@@ -3092,7 +3175,7 @@ class ServiceManager:
             mode = getattr(config, stream).mode
             watched = config.ready is not None and config.ready.kind == "log"
             if mode == "null" and not watched:
-                streams[stream] = subprocess.DEVNULL
+                streams[stream] = None
             else:
                 reader, writer = os.pipe()
                 pipes.append((stream, reader, writer))
@@ -3101,17 +3184,22 @@ class ServiceManager:
                       streams["stdout"], streams["stderr"], config.user, config.umask)
 
     def _environment(self, service: Service) -> Tuple[Dict[str, str], List[str]]:
-        """The service's environment and expanded command, built once per config."""
+        """The service's environment and expanded command. What is its own (its env, tag and
+        command) is worked out once per config; the supervisor's environment, read once, is
+        shared, so a thousand services do not keep a thousand copies of it."""
         config = service.config
         cached = self._environments.get(service.name)
-        if cached is not None and cached[0] is config:
-            return cached[1], cached[2]
-        env = dict(os.environ)
-        env.update((key, expand_variables(value, os.environ)) for key, value in config.env.items())
-        env[SERVICE_TAG_ENV] = self.tag_prefix + service.name
-        words = [expand_variables(word, env) for word in config.command]
-        self._environments[service.name] = (config, env, words)
-        return env, words
+        if cached is None or cached[0] is not config:
+            if self._base_environment is None:
+                self._base_environment = dict(os.environ)
+            base = self._base_environment
+            own = {key: expand_variables(value, base) for key, value in config.env.items()}
+            own[SERVICE_TAG_ENV] = self.tag_prefix + service.name
+            words = [expand_variables(word, {**base, **own}) for word in config.command]
+            cached = self._environments[service.name] = (config, own, words)
+        env = dict(self._base_environment or ())
+        env.update(cached[1])
+        return env, cached[2]
 
     def _output_sink(self, service: Service, stream: str) -> Callable[[List[bytes]], None]:
         spec = getattr(service.config, stream)
@@ -3651,15 +3739,13 @@ class ServiceManager:
         return path
 
     def _state_changed(self) -> None:
-        """Write the state file now, or, right after a write, once STATE_WRITE_DELAY has
-        passed: changes close together (a storm) cost one write."""
+        """Write the state file in the next pass of the loop (after what this one starts and
+        tells), or, right after a write, once STATE_WRITE_DELAY has passed: changes close
+        together (several exits at once, a storm) cost one write."""
         if not self.state_file or self._state_write is not None:
             return
-        due = self._state_written + STATE_WRITE_DELAY
-        if due <= self.clock():
-            self._write_state()
-        else:
-            self._state_write = self.timers.call_at(due, self._write_state)
+        due = max(self._state_written + STATE_WRITE_DELAY, self.clock())
+        self._state_write = self.timers.call_at(due, self._write_state)
 
     def _write_state(self) -> None:
         self._state_write = None
@@ -3896,6 +3982,7 @@ def runtime_folder(for_socket: bool = False) -> str:
         # in someone else's home (HOME kept across a change of user), or too long a path for
         # a unix socket (104 bytes on macOS, 108 on Linux): a private folder of the same kind
         # in the temp folder, made and checked the same way
+        import tempfile
         folder = os.path.join(tempfile.gettempdir(), "supervisor-%d" % os.getuid())
     return folder
 
@@ -3920,8 +4007,17 @@ def private_folder(folder: str, what: str, create: bool = True) -> None:
 
 def write_private_file(path: str, data: bytes) -> None:
     """Replace ``path`` with ``data`` through a file made exclusively (0600, never a link
-    followed) in the same folder, renamed over it."""
-    fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".state-")
+    followed) in the same folder, renamed over it. (What tempfile.mkstemp does, without
+    importing it: a third of a megabyte for the supervisor's whole life.)"""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) \
+        | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    while True:
+        temporary = os.path.join(os.path.dirname(path), ".state-%s" % os.urandom(6).hex())
+        try:
+            fd = os.open(temporary, flags, 0o600)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
@@ -4269,7 +4365,7 @@ class ControlServer:
         try:
             self.handle(request, answer)
         except Exception as exc:  # noqa: BLE001 - a request must never take the loop down
-            log("error", "a control request failed:\n" + traceback.format_exc())
+            log("error", "a control request failed:\n" + _traceback())
             answer({"ok": False, "error": "internal error: %s: %s" % (type(exc).__name__, exc)})
 
     def _reply(self, client: ControlClient, reply: Dict[str, Any], close: bool = False) -> bool:
@@ -4433,6 +4529,7 @@ def _own_arguments() -> List[str]:
 
 def write_handoff(state: Dict[str, Any]) -> str:
     """Write the state a re-executed image needs; its path travels in the environment."""
+    import tempfile  # (a re-exec is rare; the image that stays never imports it)
     fd, path = tempfile.mkstemp(prefix="supervisor-handoff-", suffix=".json")
     with os.fdopen(fd, "w") as handoff_file:
         json.dump(state, handoff_file)
@@ -4537,7 +4634,7 @@ class Runner:
                 log("info", "re-executing on request")
                 self._reexec(manager, history, respawn_count + 1, parent_pid)
             except Exception as exc:  # noqa: BLE001 - any bug in the loop is what this is for
-                log("error", "unexpected error in the main loop:\n" + traceback.format_exc())
+                log("error", "unexpected error in the main loop:\n" + _traceback())
                 now = time.monotonic()
                 limits = settings.self_respawn
                 history = [t for t in history if now - t < limits.window] + [now]
@@ -4604,7 +4701,7 @@ class Runner:
                 break
             except Exception:  # noqa: BLE001 - the stop goes on, or falls back to brute force
                 faults += 1
-                log("error", "unexpected error while stopping:\n" + traceback.format_exc())
+                log("error", "unexpected error while stopping:\n" + _traceback())
                 if faults > FAULTS_WHILE_STOPPING:
                     log("error", "cannot stop services gracefully (%d faults); killing them"
                         % faults)

@@ -1,6 +1,7 @@
-"""Unit tests of the original plan (§4.1): ServiceManager with Popen, killpg and waitpid mocked,
-respawn_self() with execv mocked, and log() formatting."""
+"""Unit tests of the original plan (§4.1): ServiceManager with posix_spawn (or Popen), killpg
+and waitpid mocked, respawn_self() with execv mocked, and log() formatting."""
 
+import contextlib
 import json
 import os
 import signal
@@ -30,34 +31,54 @@ def fake_popen(pid):
     return proc
 
 
+@contextlib.contextmanager
+def fake_spawn(pid=None, error=None):
+    """os.posix_spawn mocked (and the program not looked up on PATH)."""
+    with mock.patch("supervisor._find_program", side_effect=lambda program, env: program), \
+            mock.patch("supervisor.os.posix_spawn", return_value=pid, side_effect=error) as spawn:
+        yield spawn
+
+
 def test_start_service_runs_the_command_in_a_new_session():
     manager, seen = make_manager(
-        {"web": {"command": ["server", "--port", "80"], "env": {"MODE": "test"}, "cwd": "/tmp"}}
-    )
-    with mock.patch("supervisor.subprocess.Popen", return_value=fake_popen(4242)) as popen:
+        {"web": {"command": ["server", "--port", "80"], "env": {"MODE": "test"}}})
+    with fake_spawn(4242) as spawn:
+        manager.start_service("web")
+    (program, argv, env), kwargs = spawn.call_args
+    assert program == "server" and argv == ["server", "--port", "80"]
+    assert kwargs["setsid"] is True and kwargs["setsigmask"] == ()
+    assert signal.SIGPIPE in kwargs["setsigdef"]  # ignored by Python, not by the service
+    assert env["MODE"] == "test"
+    assert env[supervisor.SERVICE_TAG_ENV] == "%d/web" % os.getpid()
+    assert seen[-1] == dict(seen[-1], event="spawned", service="web", pid=4242, attempt=1)
+
+
+def test_a_service_with_a_working_folder_is_started_by_popen():
+    """posix_spawn cannot change folders: Popen does it, in a new session too."""
+    manager, seen = make_manager({"web": {"command": ["server"], "cwd": "/tmp"}})
+    with mock.patch("subprocess.Popen", return_value=fake_popen(4242)) as popen, \
+            fake_spawn(1) as spawn:
         manager.start_service("web")
     args, kwargs = popen.call_args
-    assert args == (["server", "--port", "80"],)
-    assert kwargs["start_new_session"] is True
-    assert kwargs["shell"] is False and kwargs["cwd"] == "/tmp"
-    assert kwargs["env"]["MODE"] == "test"
-    assert kwargs["env"][supervisor.SERVICE_TAG_ENV] == "%d/web" % os.getpid()
+    assert args == (["server"],) and spawn.call_count == 0
+    assert kwargs["start_new_session"] is True and kwargs["cwd"] == "/tmp"
+    assert kwargs["close_fds"] is True
+    assert popen.return_value.returncode is not None  # so that Popen never reaps it itself
     assert seen[-1] == dict(seen[-1], event="spawned", service="web", pid=4242, attempt=1)
 
 
 def test_shell_command_is_passed_as_one_string():
     manager, _ = make_manager({"sh": {"command": "echo $HOME && sleep 1", "shell": True}})
-    with mock.patch("supervisor.subprocess.Popen", return_value=fake_popen(7)) as popen:
+    with fake_spawn(7) as spawn:
         manager.start_service("sh")
-    assert popen.call_args[0] == ("echo $HOME && sleep 1",)
-    assert popen.call_args[1]["shell"] is True
+    assert spawn.call_args[0][:2] == ("/bin/sh", ["/bin/sh", "-c", "echo $HOME && sleep 1"])
 
 
 def test_start_service_that_cannot_start_emits_spawn_failed_and_survives():
     manager, seen = make_manager({"bad": {"command": "nothing-here", "max_retries": 0}})
-    error = FileNotFoundError(2, "No such file or directory", "nothing-here")
-    with mock.patch("supervisor.subprocess.Popen", side_effect=error):
-        manager.start_service("bad")
+    with mock.patch("supervisor.os.posix_spawn") as spawn:
+        manager.start_service("bad")  # not found on PATH: never spawned
+    assert spawn.call_count == 0
     assert [e["event"] for e in seen] == ["spawn_failed", "gave_up"]
     assert seen[0]["error"] == (
         "FileNotFoundError: [Errno 2] No such file or directory: 'nothing-here'"
@@ -66,10 +87,7 @@ def test_start_service_that_cannot_start_emits_spawn_failed_and_survives():
 
 def test_fork_failure_eagain_is_a_failed_start():
     manager, seen = make_manager({"busy": {"command": "x", "max_retries": 0}})
-    with mock.patch(
-        "supervisor.subprocess.Popen",
-        side_effect=BlockingIOError(11, "Resource temporarily unavailable"),
-    ):
+    with fake_spawn(error=BlockingIOError(11, "Resource temporarily unavailable")):
         manager.start_service("busy")
     assert seen[0]["event"] == "spawn_failed"
     assert "Resource temporarily unavailable" in seen[0]["error"]
@@ -77,7 +95,7 @@ def test_fork_failure_eagain_is_a_failed_start():
 
 def test_stop_service_signals_the_process_group():
     manager, seen = make_manager({"web": {"command": "x", "stop_signal": "SIGINT"}})
-    with mock.patch("supervisor.subprocess.Popen", return_value=fake_popen(4242)):
+    with fake_spawn(4242):
         manager.start_service("web")
     with mock.patch("supervisor.os.killpg") as killpg, mock.patch.object(
         manager.processes, "members", return_value=[set()]
@@ -89,7 +107,7 @@ def test_stop_service_signals_the_process_group():
 
 def test_monitor_services_reaps_an_exit_and_applies_the_policy():
     manager, seen = make_manager({"web": {"command": "x", "restart_delay": 5}})
-    with mock.patch("supervisor.subprocess.Popen", return_value=fake_popen(4242)):
+    with fake_spawn(4242):
         manager.start_service("web")
     statuses = iter([(4242, 3 << 8), (0, 0)])  # exit code 3, then nothing more to reap
     with mock.patch("supervisor.os.waitpid", side_effect=lambda pid, flags: next(statuses)):
@@ -101,7 +119,7 @@ def test_monitor_services_reaps_an_exit_and_applies_the_policy():
 
 def test_monitor_services_reports_the_killing_signal():
     manager, seen = make_manager({"web": {"command": "x", "restart": "never"}})
-    with mock.patch("supervisor.subprocess.Popen", return_value=fake_popen(4242)):
+    with fake_spawn(4242):
         manager.start_service("web")
     statuses = iter([(4242, signal.SIGKILL), (0, 0)])
     with mock.patch("supervisor.os.waitpid", side_effect=lambda pid, flags: next(statuses)):
