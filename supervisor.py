@@ -40,7 +40,7 @@ _RUN_AS_IMPORT = (
     "import importlib.util as u, sys; del sys.argv[0]; "  # "-c"; the script's path follows
     "s = u.spec_from_file_location('supervisor', sys.argv[0]); "
     "m = sys.modules['supervisor'] = u.module_from_spec(s); "
-    "s.loader.exec_module(m); sys.exit(m.main())")
+    "s.loader.exec_module(m); m.command_line()")
 
 
 def run_as_import() -> None:
@@ -4830,6 +4830,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     return control_command(args)
 
 
+def command_line() -> None:
+    """The program (this script, its import, the console script): main(), then exit at once.
+    By then the services are gone and what the supervisor writes is flushed (or was never
+    buffered): tearing the interpreter down, some 20 ms for its 150 modules, would only keep
+    whoever waits for the exit waiting."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # closed, or None (no console)
+            stream.flush()
+    os._exit(code)
+
+
 def control_command(args: argparse.Namespace) -> int:
     """Send one command to the running supervisor and print what it answers."""
     path = args.socket
@@ -4911,4 +4923,4 @@ def format_status(rows: List[Dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    command_line()

@@ -12,4 +12,4 @@ from typing import Any
 supervisor: Any = importlib.import_module("pytest_supervisor_standalone.supervisor")
 # A self-respawn executes sys.argv again: make it run that file, not this one.
 sys.argv[0] = supervisor.__file__
-sys.exit(supervisor.main())
+supervisor.command_line()

@@ -9,7 +9,9 @@ deadline passes.
 The reader itself has to poll: a regular file offers no portable cross-process
 notification of appends. It re-reads every ``POLL_INTERVAL`` seconds. That delay
 only affects when a waiter learns of an event, never what is measured: respawn
-timing uses the ``mono`` timestamp the supervisor wrote into the event.
+timing uses the ``mono`` timestamp the supervisor wrote into the event. And it never
+hides an event already written: ``events`` reads what the file holds before answering,
+so an event written before a control command's reply is there once the reply is.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Sequence, TypeVar
+from typing import Any, BinaryIO, Callable, Dict, Sequence, TypeVar
 
 from pytest_supervisor.errors import SupervisorAssertionError
 
@@ -43,11 +45,15 @@ class EventStream:
         self._malformed: list[str] = []
         self._ended = False
         self._closing = False
+        self._file: BinaryIO | None = None  # open from start() until the reader stops
+        self._unfinished = b""  # a line read before its end was written
         self._reader = threading.Thread(
             target=self._follow, name=f"pytest-supervisor events {path}", daemon=True
         )
 
     def start(self) -> None:
+        """Open the file (it exists by now) and follow it."""
+        self._file = open(self.path, "rb")  # (the reader thread closes it)
         self._reader.start()
 
     def close(self) -> None:
@@ -60,7 +66,9 @@ class EventStream:
 
     @property
     def events(self) -> list[Event]:
+        """Every event written so far, oldest first."""
         with self._condition:
+            self._read_available()
             return list(self._events)
 
     @property
@@ -109,23 +117,34 @@ class EventStream:
                 self._condition.notify_all()
 
     def _read_until_writer_ends(self) -> None:
-        with open(self.path, "rb") as stream:
-            unfinished = b""
+        try:
             while True:
                 # Sampled before reading, so the read after the writer's end still
                 # sees every line it flushed before it ended.
                 writer_alive = self._writer_alive()
-                chunk = stream.read()
-                if chunk:
-                    lines = (unfinished + chunk).split(b"\n")
-                    unfinished = lines.pop()
-                    self._add(lines)
                 with self._condition:
+                    self._read_available()
                     if not writer_alive or self._closing:
-                        if unfinished.strip():
-                            self._malformed.append(_text(unfinished) + "  (unterminated last line)")
+                        if self._unfinished.strip():
+                            self._malformed.append(
+                                _text(self._unfinished) + "  (unterminated last line)")
                         return
                     self._condition.wait(POLL_INTERVAL)
+        finally:
+            with self._condition:
+                if self._file is not None:
+                    self._file.close()
+                    self._file = None
+
+    def _read_available(self) -> None:
+        """Take in the complete lines the file holds now (with the condition held)."""
+        if self._file is None:
+            return
+        chunk = self._file.read()
+        if chunk:
+            lines = (self._unfinished + chunk).split(b"\n")
+            self._unfinished = lines.pop()
+            self._add(lines)
 
     def _add(self, lines: list[bytes]) -> None:
         with self._condition:

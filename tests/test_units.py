@@ -222,6 +222,15 @@ def test_only_a_script_run_of_run_reexecutes():
     assert execv.call_count == 0
 
 
+def test_the_program_exits_with_mains_code_without_tearing_the_interpreter_down():
+    with mock.patch("supervisor.main", return_value=3), mock.patch(
+        "supervisor.os._exit"
+    ) as exit_now, mock.patch.object(sys, "stdout") as stdout:
+        supervisor.command_line()
+    exit_now.assert_called_once_with(3)
+    assert stdout.flush.call_count == 1  # what print() left in the buffer goes out first
+
+
 def test_log_text_format():
     supervisor.name_services(["web"])  # (the alignment width is the longest service name)
     line = supervisor.format_log_line(0.25, "warning", "pid 7 exited", "web", "text")
