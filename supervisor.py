@@ -10,7 +10,7 @@ How it is put together, top to bottom:
 * **Logging** -- ``log()`` writes human lines (text or JSON) to stderr or a file, in colour
   on a terminal, and keeps the latest in memory for ``supervisor logs``.
 * **Config** -- YAML is composed into nodes (so every problem carries a line), validated in
-  one pass into frozen dataclasses; every problem is collected into one ``ConfigError``.
+  one pass into named tuples; every problem is collected into one ``ConfigError``.
 * **Event stream** -- one JSON object per line for every state transition (SPEC §4).
 * **Service states** -- one ``State`` enum and one transition table; ``Service.transition``
   is the only place a state changes, and it emits exactly one event.
@@ -63,7 +63,6 @@ import binascii
 import collections
 import contextlib
 import ctypes
-import dataclasses
 import enum
 import errno
 import heapq
@@ -82,7 +81,6 @@ import struct
 import threading
 import time
 import types
-from dataclasses import dataclass, field
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -275,38 +273,31 @@ class ConfigError(Exception):
         super().__init__("\n".join(map(str, self.problems)))
 
 
-@dataclass(frozen=True)
-class Backoff:
+class Backoff(NamedTuple):
     factor: float = 1.0
     max_delay: float = 60.0
     jitter: float = 0.0
 
 
-@dataclass(frozen=True)
-class OutputSpec:
+class OutputSpec(NamedTuple):
     mode: str  # "inherit" | "null" | "file"
     file: Optional[str] = None
     max_bytes: Optional[int] = None
     backups: int = 0
 
 
-@dataclass(frozen=True)
-class ReadySpec:
+class ReadySpec(NamedTuple):
     kind: str  # "after" (seconds still running) | "log" | "tcp" | "file"
     target: Any  # seconds for "after", else a regex, "HOST:PORT" or a path
     timeout: float
 
 
-@dataclass(frozen=True)
-class ServiceConfig:
+class ServiceConfig(NamedTuple):
     name: str
     command: Tuple[str, ...]
     shell: bool
     cwd: Optional[str]
-    # A read-only dict: == compares contents, so reload can tell a changed env;
-    # left out of the hash because a mapping proxy is unhashable (equal configs
-    # still hash equal).
-    env: Mapping[str, str] = field(hash=False)
+    env: Mapping[str, str]  # read-only: == compares contents, so reload can tell a changed env
     restart: str
     success_exit_codes: FrozenSet[int]
     max_retries: Optional[int]
@@ -323,18 +314,18 @@ class ServiceConfig:
     autostart: bool
     umask: Optional[int]
     user: Optional[str]
-    line: Optional[int] = field(default=None, compare=False)
+
+    def __hash__(self) -> int:  # env, a mapping proxy, cannot be hashed; equal configs hash equal
+        return hash((self.name, self.command))
 
 
-@dataclass(frozen=True)
-class SelfRespawn:
+class SelfRespawn(NamedTuple):
     enabled: bool = True
     max: int = 5
     window: float = 60.0
 
 
-@dataclass(frozen=True)
-class SupervisorSettings:
+class SupervisorSettings(NamedTuple):
     log_level: str = "info"
     log_format: str = "text"
     log_file: Optional[str] = None
@@ -345,11 +336,16 @@ class SupervisorSettings:
     state_file: Optional[str] = None
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     path: str
     supervisor: SupervisorSettings
-    services: Mapping[str, ServiceConfig] = field(hash=False)  # in file order
+    services: Mapping[str, ServiceConfig]  # in file order
+    # Where each service is defined, for messages. Kept out of ServiceConfig so that a
+    # service that only moved in the file is not "changed" at a reload.
+    service_lines: Mapping[str, int]
+
+    def __hash__(self) -> int:  # the mappings cannot be hashed; equal configs hash equal
+        return hash((self.path, self.supervisor))
 
 
 # Portable names, accepted even where this OS lacks them, so one config serves every platform.
@@ -784,7 +780,7 @@ def _build_service(
         )
     else:
         ch.report(key_node, key, "missing required key 'command'")
-    return ServiceConfig(name=name, line=_node_line(key_node), **settings), merged
+    return ServiceConfig(name=name, **settings), merged
 
 
 def _dependency_cycles(graph: Mapping[str, Tuple[str, ...]]) -> List[List[str]]:
@@ -828,7 +824,8 @@ _TOP_KEYS: Dict[str, _Validator] = {
 
 def _build_services(
     ch: _Checker, node: Optional[yaml.Node], defaults_node: Optional[yaml.Node]
-) -> Dict[str, ServiceConfig]:
+) -> Tuple[Dict[str, ServiceConfig], Dict[str, int]]:
+    """The services, and the line each is defined on."""
     entries = ch.mapping(node, "services") if node else {}
     ch.service_names = tuple(entries)  # known before any depends_on or ready.after is checked
     for name, (key_node, _) in entries.items():
@@ -849,7 +846,7 @@ def _build_services(
     for cycle in _dependency_cycles(graph):
         message = "dependency cycle " + " -> ".join(cycle)
         ch.report(depends_on_nodes[cycle[0]], f"services.{cycle[0]}.depends_on", message)
-    return services
+    return services, {name: _node_line(key_node) for name, (key_node, _) in entries.items()}
 
 
 # libyaml's parser when PyYAML has it: some 20 times faster (500 services take 0.12 s to
@@ -877,12 +874,12 @@ def parse_config(text: str, path: str) -> Config:
         raise ConfigError([Problem(path, line, "", message)])
     ch = _Checker(path)
     top = _just_values(ch.fields(root, "", _TOP_KEYS))
-    services = _build_services(ch, top.get("services"), top.get("defaults"))
+    services, lines = _build_services(ch, top.get("services"), top.get("defaults"))
     if ch.problems:
         unique = dict.fromkeys(ch.problems)  # a bad default is found once per service
         raise ConfigError(sorted(unique, key=lambda problem: problem.line or 0))
     supervisor = top.get("supervisor", SupervisorSettings())
-    return Config(path, supervisor, types.MappingProxyType(services))
+    return Config(path, supervisor, types.MappingProxyType(services), types.MappingProxyType(lines))
 
 
 def read_config_text(path: str) -> str:
@@ -1036,8 +1033,7 @@ class IllegalTransition(RuntimeError):
     pass
 
 
-@dataclasses.dataclass
-class ExitInfo:
+class ExitInfo(NamedTuple):
     returncode: Optional[int]
     signal: Optional[str]
 
@@ -1118,15 +1114,19 @@ def decide_after_exit(config: ServiceConfig, retries: int, expected: bool, uptim
     return Decision("restart", retries + 1, restart_delay(config, retries + 1, rng))
 
 
-@dataclass
 class Drain:
     """A service's tree being emptied: after a stop, or of what its exited main process left
     behind. It ends once nothing of the tree is alive."""
-    pid: Optional[int]          # the main process when it began (None: it had exited)
-    count: int                  # processes of the tree alive when it began
-    forced: bool = False        # something had to be SIGKILLed
-    main_exit: Optional[ExitInfo] = None  # a stop: how the main process ended
-    verdict: Optional[Tuple[bool, float]] = None  # leftovers of an exit: (expected, uptime)
+    __slots__ = ("pid", "count", "forced", "main_exit", "verdict")
+
+    def __init__(self, pid: Optional[int], count: int, forced: bool = False,
+                 main_exit: Optional[ExitInfo] = None,
+                 verdict: Optional[Tuple[bool, float]] = None):
+        self.pid = pid              # the main process when it began (None: it had exited)
+        self.count = count          # processes of the tree alive when it began
+        self.forced = forced        # something had to be SIGKILLed
+        self.main_exit = main_exit  # a stop: how the main process ended
+        self.verdict = verdict      # leftovers of an exit: (expected, uptime)
 
 
 # --------------------------------------------------------------------------- timers
@@ -1180,8 +1180,7 @@ class Timers:
 
 # --------------------------------------------------------------------------- process seam
 
-@dataclass
-class Launch:
+class Launch(NamedTuple):
     """Everything the process seam needs to start one service process."""
     command: Any            # list of arguments, or one string run by the shell
     shell: bool
@@ -2533,8 +2532,8 @@ def config_warnings(config: Config) -> List[str]:
     """What ``check`` warns about: a program that is not found or not executable, and a
     ${VAR} with neither a value nor a default (it expands to nothing)."""
     return ["%s: warning: services.%s.%s: %s" % (
-        Problem(config.path, service.line, "", ""), service.name, key, message)
-        for service in config.services.values() for key, message in _warnings(service)]
+        Problem(config.path, config.service_lines[name], "", ""), name, key, message)
+        for name, service in config.services.items() for key, message in _warnings(service)]
 
 
 def _warnings(service: ServiceConfig) -> Iterator[Tuple[str, str]]:
@@ -3208,7 +3207,7 @@ class ServiceManager:
             target = self._files.get(path)
             if target is None:
                 target = self._files[path] = RotatingFile(
-                    dataclasses.replace(spec, file=path), service.name)
+                    spec._replace(file=path), service.name)
             return lambda lines: target.write(b"\n".join(lines) + b"\n")
         if spec.mode == "inherit":
             ours = sys.stdout if stream == "stdout" else sys.stderr
@@ -3661,7 +3660,7 @@ class ServiceManager:
                 "name": service.name, "state": service.state.value, "pid": service.pid,
                 "uptime": round(self.clock() - started, 3) if started is not None else None,
                 "restarts": service.restarts,
-                "last_exit": dataclasses.asdict(last) if last else None,
+                "last_exit": last._asdict() if last else None,
                 "processes": sorted(members),
                 **(_resources(service.pid) if service.pid is not None else {}),
             })
@@ -3838,11 +3837,11 @@ class ServiceManager:
                 "state": service.state.value, "pid": service.pid, "retries": service.retries,
                 "restarts": service.restarts, "started_at": service.started_at,
                 "timer_due": due,
-                "last_exit": dataclasses.asdict(service.last_exit) if service.last_exit else None,
+                "last_exit": service.last_exit._asdict() if service.last_exit else None,
                 "sessions": sorted(getattr(service.tree, "sessions", ())),
                 "drain": None if drain is None else {
                     "pid": drain.pid, "count": drain.count, "forced": drain.forced,
-                    "main_exit": dataclasses.asdict(drain.main_exit) if drain.main_exit else None,
+                    "main_exit": drain.main_exit._asdict() if drain.main_exit else None,
                     "verdict": drain.verdict},
             }
         pending = [signal.Signals(signum).name for signum in self._pending_signals]

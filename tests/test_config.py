@@ -109,7 +109,7 @@ def test_demo_config_parses_with_spec_defaults():
         umask=None,
         user=None,
     )
-    assert config.services["db"].line == 8
+    assert dict(config.service_lines) == {"db": 8, "web": 11, "report": 20}
     web = config.services["web"]
     assert web.command == ("python", "app.py")
     assert web.depends_on == ("db",)
@@ -156,10 +156,11 @@ def test_json_is_accepted():
 
 
 def test_the_same_service_compares_equal_and_a_changed_env_does_not():
-    first = parse(DEMO).services["web"]
-    moved = parse("\n\n" + DEMO).services["web"]
+    config, moved_config = parse(DEMO), parse("\n\n" + DEMO)
+    first, moved = config.services["web"], moved_config.services["web"]
     changed = parse(DEMO.replace("PORT: 8080", "PORT: 8081")).services["web"]
 
+    assert moved_config.service_lines["web"] == config.service_lines["web"] + 2
     assert first == moved and hash(first) == hash(moved)  # the line is not compared
     assert first != changed
 
