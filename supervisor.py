@@ -344,9 +344,6 @@ class Config(NamedTuple):
     # service that only moved in the file is not "changed" at a reload.
     service_lines: Mapping[str, int]
 
-    def __hash__(self) -> int:  # the mappings cannot be hashed; equal configs hash equal
-        return hash((self.path, self.supervisor))
-
 
 # Portable names, accepted even where this OS lacks them, so one config serves every platform.
 _POSIX_SIGNALS = frozenset((
