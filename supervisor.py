@@ -129,14 +129,19 @@ LOG_TAIL_LINES = 20           # what `logs` shows, and error messages quote of a
 
 class RecentLines:
     """The latest lines of one output -- a service's, or the supervisor's own log -- within
-    RECENT_BYTES, and the ``logs -f`` clients following it."""
+    RECENT_BYTES, and the ``logs -f`` clients following it. (There is one per service: it
+    holds nothing, not even an empty deque, until the first line comes.)"""
+
+    __slots__ = ("lines", "size", "followers")
 
     def __init__(self) -> None:
-        self.lines: Deque[bytes] = collections.deque()
+        self.lines: Optional[Deque[bytes]] = None
         self.size = 0
         self.followers: List[Callable[[List[bytes]], bool]] = []  # each says False once gone
 
     def add(self, lines: List[bytes]) -> None:
+        if self.lines is None:
+            self.lines = collections.deque()
         for line in lines:
             line = line[:RECENT_LINE_BYTES]
             self.lines.append(line)
@@ -147,7 +152,7 @@ class RecentLines:
             self.followers = [follower for follower in self.followers if follower(lines)]
 
     def last(self, count: int) -> List[bytes]:
-        return list(self.lines)[-count:] if count > 0 else []
+        return list(self.lines or ())[-count:] if count > 0 else []
 
 
 LEVEL_COLOURS = {"debug": "2", "info": "32", "warning": "33", "error": "1;31"}  # ANSI SGR
@@ -1041,6 +1046,11 @@ class ExitInfo(NamedTuple):
 class Service:
     """One configured service: its state and what the state machine needs to remember."""
 
+    # no __dict__ for each of a thousand services
+    __slots__ = ("config", "name", "events", "state", "pid", "retries", "restarts",
+                 "started_at", "last_exit", "timer", "tree", "drain", "probe", "start_error",
+                 "output", "after_stop")
+
     def __init__(self, config: ServiceConfig, events: EventStream):
         self.config = config
         self.name = config.name
@@ -1293,6 +1303,7 @@ class SessionTree:
     """
 
     backend = "session"
+    __slots__ = ("tag", "sessions", "newest", "found")  # one per service: no __dict__ each
 
     def __init__(self, tag: str):
         self.tag = tag
