@@ -29,6 +29,7 @@ from bench_observe import Observer, Spawn, Watch, cpu_seconds
 from bench_subjects import (
     Backoff,
     Launcher,
+    PytestSupervisor,
     Service,
     Subject,
     crashing_services,
@@ -400,8 +401,13 @@ def _kill(pid: int) -> None:
 
 # --------------------------------------------------------------------------- start-up
 
-def startup(bench: Bench, subjects: Sequence[Subject], count: int) -> Dict[str, Outcome]:
-    """From launching the supervisor until ``count`` services run (exec'd) at once."""
+def startup(bench: Bench, subjects: Sequence[Subject], count: int, installed: bool = False
+            ) -> Dict[str, Outcome]:
+    """From launching the supervisor until ``count`` services run (exec'd) at once.
+    ``installed``: pytest-supervisor as an installed program runs (see its ``installed``)."""
+    if installed:
+        subjects = [s.installed(bench.workroot / "installed")
+                    if isinstance(s, PytestSupervisor) else s for s in subjects]
     def trial(bench: Bench, subject: Subject) -> float:
         with bench.running(subject, sleep_services(count)) as run:
             bench.wait_running(run, count, STARTUP_TIMEOUT)

@@ -157,17 +157,25 @@ class PytestSupervisor(Subject):
     supports_self_respawn = True
 
     def __init__(self, script: Path, python: str = sys.executable,
-                 environment: Optional[Dict[str, str]] = None):
+                 environment: Optional[Dict[str, str]] = None, as_module: bool = False):
         self.script = script
         self.python = python
         self._environment = environment or {}
+        self.as_module = as_module  # `python -m supervisor`, not `python supervisor.py`
 
     def environment(self, workdir: Path) -> Dict[str, str]:
         return self._environment
 
     def under(self, python: str, cold: bool, folder: Path) -> Subject:
         return PytestSupervisor(python_copy(self.script, python, cold, folder), python,
-                                bytecode_environment(cold))
+                                bytecode_environment(cold), self.as_module)
+
+    def installed(self, folder: Path) -> "PytestSupervisor":
+        """Run as an installed program is: `python -m supervisor` (the console script is the
+        same), its bytecode compiled beforehand (as pip does), in one interpreter."""
+        copy = python_copy(self.script, self.python, False, folder)
+        return PytestSupervisor(copy, self.python, dict(
+            bytecode_environment(False), PYTHONPATH=str(copy.parent)), as_module=True)
 
     def version(self) -> str:
         out = subprocess.run([sys.executable, str(self.script), "--version"],
@@ -190,7 +198,8 @@ class PytestSupervisor(Subject):
         }
         path = workdir / "services.yaml"
         path.write_text(json.dumps(config, indent=1))  # JSON is YAML
-        argv = [self.python, str(self.script), "run", "-c", str(path),
+        program = ["-m", self.script.stem] if self.as_module else [str(self.script)]
+        argv = [self.python, *program, "run", "-c", str(path),
                 "--events", str(self.events_file(workdir)), "--log-level", "warning"]
         return argv + (["--allow-fault-injection"] if fault_injection else [])
 

@@ -67,6 +67,9 @@ BENCHMARKS = [
               functools.partial(measure.startup, count=500), False),
     Benchmark("startup_1000", "startup", "launch until 1,000 `sleep` services run",
               functools.partial(measure.startup, count=1000), False),
+    Benchmark("startup_100_installed", "startup", "launch until 100 `sleep` services run, "
+              "pytest-supervisor as installed: `python -m supervisor`, bytecode compiled",
+              functools.partial(measure.startup, count=100, installed=True), True),
     Benchmark("startup_interpreters", "startup", "launch until 100 `sleep` services run, "
               "under a virtualenv's interpreter and the machine's default, warm and cold",
               functools.partial(measure.startup_interpreters, count=100), True),

@@ -3,6 +3,7 @@ and waitpid mocked, respawn_self() with execv mocked, and log() formatting."""
 
 import contextlib
 import json
+import marshal
 import os
 import signal
 import subprocess
@@ -148,7 +149,7 @@ def test_respawn_self_of_a_script_run_as_an_import_execs_the_import_again():
     ), mock.patch.object(sys, "argv", argv):
         supervisor.respawn_self()
     execv.assert_called_once_with(
-        sys.executable, [sys.executable, "-c", supervisor._RUN_AS_IMPORT, *argv])
+        sys.executable, [sys.executable, "-c", supervisor._RUN_AS_IMPORT, "-", *argv])
 
 
 def test_respawn_self_unblocks_signals_when_exec_fails():
@@ -200,9 +201,25 @@ def run_as_import(argv, execv_effect=None):
 
 
 def test_run_as_a_script_reexecutes_itself_as_an_import_with_the_same_argv():
-    execv = run_as_import(["run", "-c", "x.yaml"])
+    with mock.patch("supervisor._hand_over", return_value="9"):
+        execv = run_as_import(["run", "-c", "x.yaml"])
     execv.assert_called_once_with(sys.executable, [
-        sys.executable, "-c", supervisor._RUN_AS_IMPORT, "supervisor.py", "run", "-c", "x.yaml"])
+        sys.executable, "-c", supervisor._RUN_AS_IMPORT, "9", "supervisor.py", "run", "-c",
+        "x.yaml"])
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="no memfd to hand it over in")
+def test_run_as_a_script_hands_over_the_module_it_compiled():
+    """So that the import does not compile it again where no bytecode is cached."""
+    code = compile("answer = 42", "supervisor.py", "exec")
+    fd = int(supervisor._hand_over(code))
+    try:
+        assert os.get_inheritable(fd)  # it crosses the exec
+        namespace = {}
+        exec(marshal.load(os.fdopen(os.dup(fd), "rb")), namespace)
+        assert namespace["answer"] == 42
+    finally:
+        os.close(fd)
 
 
 def test_run_as_a_script_goes_on_as_it_is_when_the_reexec_fails():
