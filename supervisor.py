@@ -185,7 +185,7 @@ class _LogSettings:
     fmt = "text"
     path: Optional[str] = None
     stream: Any = sys.stderr
-    held: Optional[List[Tuple[float, str, str, Optional[str]]]] = None  # see held_output()
+    held: Optional[List[Tuple[float, str, str, Optional[str]]]] = None  # see HeldOutput
     recent = RecentLines()  # for `logs` without a name
     colours_allowed = False  # not turned off by --no-color or NO_COLOR
     colour = False           # and the log goes to a terminal
@@ -963,7 +963,7 @@ class EventStream:
     def __init__(self, path: Optional[str], clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self.listeners: List[Callable[[Dict[str, Any]], None]] = []
-        self.held: Optional[List[Dict[str, Any]]] = None  # see held_output()
+        self.held: Optional[List[Dict[str, Any]]] = None  # see HeldOutput
         if path == "-":
             self._fd: Optional[int] = sys.stdout.fileno()
         elif path:
@@ -993,23 +993,30 @@ class EventStream:
             log("warning", "cannot write the event stream: %s" % exc)
 
 
-@contextlib.contextmanager
-def held_output(events: EventStream) -> Iterator[None]:
+class HeldOutput:
     """Hold back log lines and events until the block ends, then write each stream in order
     (their times are those of the moment they happened): a pass of the loop that restarts a
-    service starts it before spending time on telling about the exit."""
-    if events.held is not None:
-        yield  # already held by an enclosing block
-        return
-    events.held, _LogSettings.held = [], []
-    try:
-        yield
-    finally:
-        records, entries = events.held, _LogSettings.held
-        events.held = _LogSettings.held = None
-        events.write(records)
-        if entries:
-            _write_log(entries)
+    service starts it before spending time on telling about the exit. (A class, not a
+    generator: it is entered at every pass of the loop.)"""
+
+    __slots__ = ("events", "outermost")
+
+    def __init__(self, events: EventStream):
+        self.events = events
+        self.outermost = False
+
+    def __enter__(self) -> None:
+        if self.events.held is None:  # else already held by an enclosing block
+            self.outermost = True
+            self.events.held, _LogSettings.held = [], []
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.outermost:
+            records, entries = self.events.held, _LogSettings.held
+            self.events.held = _LogSettings.held = None
+            self.events.write(records or [])
+            if entries:
+                _write_log(entries)
 
 
 # --------------------------------------------------------------------------- service states
@@ -2941,7 +2948,7 @@ class ServiceManager:
         if self._requested is not None:
             requested, self._requested = self._requested, None
             raise requested
-        with held_output(self.events):  # released before any control reply goes out
+        with HeldOutput(self.events):  # released before any control reply goes out
             self._handle_signals()
             for pid, info in self.processes.reap():
                 self._on_exit(pid, info)
@@ -3986,7 +3993,7 @@ def _tail(path: str, count: int) -> List[bytes]:
 
 def _drain(sock: socket.socket) -> None:
     try:
-        while sock.recv(4096):
+        while len(sock.recv(4096)) == 4096:  # (less: nothing more was there)
             pass
     except (BlockingIOError, InterruptedError):
         pass

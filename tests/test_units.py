@@ -293,10 +293,10 @@ def test_held_output_is_written_in_order_when_the_outer_block_ends_even_on_error
     supervisor.configure_logging("info", "text")  # to the stderr capsys captures
     supervisor.name_services(["web"])
     with pytest.raises(RuntimeError):
-        with supervisor.held_output(events):
+        with supervisor.HeldOutput(events):
             events.emit("exited", "web", pid=1)
             supervisor.log("warning", "pid 1 exited", "web")
-            with supervisor.held_output(events):
+            with supervisor.HeldOutput(events):
                 events.emit("restart_scheduled", "web", delay=0)
             assert path.read_text() == "" and capsys.readouterr().err == ""
             events.emit("spawned", "web", pid=2)
