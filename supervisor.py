@@ -2598,13 +2598,13 @@ def _program_problem(program: str, env: Mapping[str, str], cwd: Optional[str]) -
         if not os.path.isfile(path):
             return "program %r not found" % program
         return None if os.access(path, os.X_OK) else "program %r is not executable" % program
-    try:
-        _find_program(program, env)
-    except PermissionError:
+    import shutil  # (only `check` asks; its which() knows Windows' PATHEXT too)
+    if shutil.which(program, path=env.get("PATH")) is not None:
+        return None
+    folders = (env.get("PATH") or os.defpath).split(os.pathsep)
+    if any(os.path.isfile(os.path.join(folder, program)) for folder in folders if folder):
         return "program %r is on PATH but not executable" % program
-    except FileNotFoundError:
-        return "program %r not found on PATH" % program
-    return None
+    return "program %r not found on PATH" % program
 
 
 class Forwarder:
