@@ -1215,6 +1215,15 @@ class Timers:
 
 # --------------------------------------------------------------------------- process seam
 
+class Started(NamedTuple):
+    """A start of a service process, before it is told: its pid and the pipes of its output,
+    or the error that kept it from starting; and when."""
+    pid: Optional[int]
+    pipes: List[Tuple[str, int, int]]  # (stream, read end, write end)
+    error: Optional[str]
+    at: float
+
+
 class Launch(NamedTuple):
     """Everything the process seam needs to start one service process."""
     command: Any            # list of arguments, or one string run by the shell
@@ -3161,9 +3170,11 @@ class ServiceManager:
 
     def _spawn(self, service: Service) -> None:
         service.timer = None
-        if self.shutting_down:
-            return
-        config = service.config
+        if not self.shutting_down:
+            self._tell_start(service, self._start(service))
+
+    def _start(self, service: Service) -> Started:
+        """Start a process of ``service``; telling about it is ``_tell_start``'s."""
         pipes: List[Tuple[str, int, int]] = []  # (stream, read end, write end)
         try:
             launch = self._launch(service, pipes)
@@ -3172,19 +3183,26 @@ class ServiceManager:
             for _, reader, writer in pipes:
                 os.close(reader)
                 os.close(writer)
-            error = describe_os_error(exc)
-            log("error", "cannot start %s: %s" % (" ".join(config.command), error), service.name)
+            return Started(None, [], describe_os_error(exc), self.clock())
+        return Started(pid, pipes, None, self.clock())
+
+    def _tell_start(self, service: Service, started: Started) -> None:
+        config = service.config
+        if started.pid is None:
+            log("error", "cannot start %s: %s" % (" ".join(config.command), started.error),
+                service.name)
             service.last_exit = None
-            service.transition("spawn_failed", State.EXITED, error=error)
+            service.transition("spawn_failed", State.EXITED, error=started.error)
             self._apply_policy(service, expected=False, uptime=0.0)
             return
+        pid, pipes = started.pid, started.pipes
         for stream, reader, writer in pipes:
             os.close(writer)
             self._add_pipe(OutputPipe(self.processes.readable(reader), service, stream,
                                       self._output_sink(service, stream)))
         self._track(service, pid)
         self._state_changed()
-        service.started_at = self.clock()
+        service.started_at = started.at
         service.start_error = None
         log("info", "spawned pid %d (attempt %d)" % (pid, service.retries + 1), service.name)
         if config.ready is None:
@@ -3338,6 +3356,13 @@ class ServiceManager:
         # needs no scan, and the restart goes at once.
         leftovers = self._members([service])[0] if service.tree.populated() else set()
         service.tree.settle(leftovers)
+        drain = bool(leftovers) and service.config.kill_mode == "tree"
+        decision = None if drain or self.shutting_down else decide_after_exit(
+            service.config, service.retries, expected, uptime, self.rng)
+        # Restarted at once, the replacement starts before anything is told: the events and
+        # log lines of this pass are held until it ends, so they still come in order.
+        started = self._start(service) if decision is not None and not leftovers \
+            and decision.action == "restart" and decision.delay == 0 else None
         level = "info" if expected else "warning"
         log(level, "pid %d exited (%s) after %.3fs%s" % (
             pid, info.describe(), uptime,
@@ -3346,16 +3371,21 @@ class ServiceManager:
         service.transition("exited", State.EXITED, pid=pid, returncode=info.returncode,
                            signal=info.signal, uptime=round(uptime, 6), expected=expected,
                            leftovers=len(leftovers), **failure)
-        if leftovers and service.config.kill_mode == "tree":
+        if drain:
             self._empty_tree(service, None, leftovers, verdict=(expected, uptime))
         else:
-            self._apply_policy(service, expected, uptime)
+            self._apply_policy(service, expected, uptime, decision, started)
 
-    def _apply_policy(self, service: Service, expected: bool, uptime: float) -> None:
+    def _apply_policy(self, service: Service, expected: bool, uptime: float,
+                      decision: Optional[Decision] = None, started: Optional[Started] = None
+                      ) -> None:
+        """Restart, give up or leave ``service`` after an exit (``decision``: already taken;
+        ``started``: the restart, already started)."""
         if self.shutting_down:
             return
         config = service.config
-        decision = decide_after_exit(config, service.retries, expected, uptime, self.rng)
+        if decision is None:
+            decision = decide_after_exit(config, service.retries, expected, uptime, self.rng)
         service.retries = decision.retries
         if decision.action == "give_up":
             log("error", "giving up after %d restarts" % service.retries, service.name)
@@ -3368,8 +3398,11 @@ class ServiceManager:
                 else " of %d" % (config.max_retries + 1)), service.name)
             service.transition("restart_scheduled", State.BACKOFF,
                                delay=round(decision.delay, 6), attempt=attempt)
-            # Even a zero delay goes through the timer, so a service that fails at once cannot
-            # keep the loop from handling signals.
+            if started is not None:
+                self._tell_start(service, started)
+                return
+            # Otherwise even a zero delay goes through the timer, so that a service that
+            # cannot be started at all does not keep the loop from handling signals.
             service.timer = self.timers.call_later(decision.delay, lambda: self._spawn(service))
 
     # -- emptying trees: stop, and what an exited main process left behind

@@ -129,6 +129,42 @@ def test_monitor_services_reports_the_killing_signal():
     assert seen[-1]["signal"] == "SIGKILL" and seen[-1]["returncode"] is None
 
 
+def test_a_service_restarted_at_once_is_started_before_its_exit_is_told():
+    """The replacement's start comes first; the events still come in their order."""
+    manager, seen = make_manager({"web": {"command": "x", "restart": "always"}})
+    with fake_spawn(4242):
+        manager.start_service("web")
+    told_at_spawn = []
+    statuses = iter([(4242, signal.SIGKILL), (0, 0)])
+    with mock.patch("supervisor.os.waitpid", side_effect=lambda pid, flags: next(statuses)), \
+            fake_spawn() as spawn:
+        spawn.side_effect = lambda *args, **kwargs: told_at_spawn.append(len(seen)) or 4243
+        with mock.patch("supervisor.os.killpg", side_effect=ProcessLookupError):
+            manager.monitor_services()
+    assert told_at_spawn == [1]  # only the first `spawned` had been told
+    assert [(e["event"], e.get("pid")) for e in seen] == [
+        ("spawned", 4242), ("exited", 4242), ("restart_scheduled", None), ("spawned", 4243)]
+
+
+def test_an_immediate_restart_that_cannot_start_goes_through_the_timer():
+    """A start that fails is retried by a timer, even at no delay: a service that cannot
+    start at all never keeps the loop from its signals (nor recurses), one try a pass."""
+    manager, seen = make_manager({"web": {"command": "x", "restart": "always",
+                                          "max_retries": None}})
+    with fake_spawn(4242):
+        manager.start_service("web")
+    statuses = iter([(4242, signal.SIGKILL), (0, 0), (0, 0), (0, 0)])
+    with mock.patch("supervisor.os.waitpid", side_effect=lambda pid, flags: next(statuses)), \
+            fake_spawn(error=OSError(12, "Cannot allocate memory")) as spawn, \
+            mock.patch("supervisor.os.killpg", side_effect=ProcessLookupError):
+        manager.monitor_services()
+        tries = spawn.call_count  # at the exit, then by the timer that was due in that pass
+        manager.monitor_services()
+    assert tries == 2 and spawn.call_count == 3
+    assert [e["event"] for e in seen] == ["spawned", "exited"] + [
+        "restart_scheduled", "spawn_failed"] * 3 + ["restart_scheduled"]
+
+
 def test_respawn_self_execs_the_same_interpreter_and_arguments():
     with mock.patch("supervisor.os.execv") as execv, mock.patch(
         "supervisor.signal.pthread_sigmask"
