@@ -3210,7 +3210,7 @@ class ServiceManager:
             self._start_awaiting()
             return
         service.transition("spawned", State.STARTING, pid=pid, attempt=service.retries + 1)
-        self._await_ready(service, self.clock() + config.ready.timeout)
+        self._await_ready(service, started.at + config.ready.timeout)
 
     def _await_ready(self, service: Service, deadline: float) -> None:
         assert service.config.ready is not None
