@@ -262,6 +262,8 @@ def _write_log(entries: List[Tuple[float, str, str, Optional[str]]]) -> None:
     _LogSettings.recent.add([line.encode() for line in lines])
     if _LogSettings.colour:
         lines = [format_log_line(*entry, _LogSettings.fmt, colour=True) for entry in entries]
+    if _LogSettings.stream is None:
+        return  # started with stderr closed, and no log_file: kept for `logs` only
     text = "".join(line + "\n" for line in lines)
     try:
         _LogSettings.stream.write(text)
@@ -2342,7 +2344,7 @@ def _keep_descriptors_from_services() -> None:
         try:
             os.fstat(fd)
         except OSError:
-            os.dup2(os.open(os.devnull, os.O_RDWR), fd)
+            os.open(os.devnull, os.O_RDWR)  # it takes the lowest free number: this one
     with contextlib.suppress(OSError):
         for name in os.listdir("/dev/fd"):
             if int(name) > 2:
@@ -3266,6 +3268,8 @@ class ServiceManager:
         if spec.mode == "inherit":
             ours = sys.stdout if stream == "stdout" else sys.stderr
             out, colour = getattr(ours, "buffer", None), _in_colour(ours)
+            if out is None:  # we were started with it closed: nowhere to pass it on to
+                return lambda lines: None
             forwarder = self._forwarder
 
             def forward(lines: List[bytes]) -> None:

@@ -109,3 +109,32 @@ def test_captured_output_reaches_the_service_as_a_pipe(supervisor_factory, tmp_p
     descriptors = open_descriptors(pid)
     assert sorted(descriptors) == [0, 1, 2], descriptors
     assert descriptors[0] == os.devnull and descriptors[1].startswith("pipe:")
+
+
+def test_a_supervisor_started_with_stdout_and_stderr_closed_runs_its_services(tmp_path):
+    """A careless launcher (`... >&- 2>&-`): the supervisor has nowhere to log nor to pass
+    inherited output on, and still runs; a pipe of its own never takes the number 1 or 2,
+    so a service's captured output still arrives."""
+    out = tmp_path / "out.log"
+    config = tmp_path / "services.yaml"
+    config.write_text(
+        "supervisor: {control_socket: false}\n"
+        "services:\n"
+        "  talker: {command: [sh, -c, 'echo hello; exec sleep 600'], stdout: {file: %s}}\n"
+        "  loud: {command: [sh, -c, 'echo inherited; exec sleep 600']}\n" % out)
+    events = tmp_path / "events.jsonl"
+
+    def close_stdout_and_stderr():
+        os.close(1)
+        os.close(2)
+
+    proc = subprocess.Popen(
+        [sys.executable, SUPERVISOR, "run", "-c", str(config), "--events", str(events)],
+        preexec_fn=close_stdout_and_stderr)
+    try:
+        spawned_pid(str(events), "loud")
+        wait_until(lambda: out.exists() and out.read_text() == "hello\n", "the captured line")
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0
