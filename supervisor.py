@@ -90,7 +90,6 @@ import heapq
 import itertools
 import json
 import math
-import queue
 import re
 import select
 import selectors
@@ -99,31 +98,57 @@ import signal
 import socket
 import stat
 import struct
-import threading
 import time
 import types
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Callable,
-    Deque,
-    Dict,
-    FrozenSet,
-    Iterator,
-    List,
-    Mapping,
-    NamedTuple,
-    Optional,
-    Protocol,
-    Set,
-    Tuple,
-    runtime_checkable,
-)
-
-if TYPE_CHECKING:
-    import subprocess
 
 import yaml
+
+# Type checkers read the imports below; the running module does not import typing, which
+# would cost half a megabyte and some 3 ms (turning every NamedTuple field into a ForwardRef)
+# for the supervisor's whole life. It gets two stand-ins instead.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import queue
+    import subprocess
+    import threading
+    from typing import (
+        Any,
+        Callable,
+        Deque,
+        Dict,
+        FrozenSet,
+        Iterator,
+        List,
+        Mapping,
+        NamedTuple,
+        Optional,
+        Protocol,
+        Set,
+        Tuple,
+    )
+
+    _Validator = Callable[["_Checker", yaml.Node, str], Any]
+    _Checked = Dict[str, Tuple[Any, yaml.Node]]  # key -> (validated value, its node)
+    _Entries = Dict[str, Tuple[yaml.Node, yaml.Node]]  # key -> (key node, value node)
+else:
+    Protocol = object  # at run time a protocol is the documentation of a seam
+
+    class _NamedTupleType(type):
+        """typing.NamedTuple's class syntax (fields as annotations, defaults as values,
+        methods), built on collections.namedtuple."""
+
+        def __new__(mcs, name, bases, namespace):
+            if not bases:  # NamedTuple itself
+                return super().__new__(mcs, name, bases, namespace)
+            fields = list(namespace.get("__annotations__", {}))
+            defaults = [namespace.pop(field) for field in fields if field in namespace]
+            base = collections.namedtuple(name, fields, defaults=defaults,
+                                          module=namespace["__module__"])
+            return type(name, (base,), dict(namespace, __slots__=()))
+
+    class NamedTuple(metaclass=_NamedTupleType):
+        pass
+
 
 __version__ = "0.1.0"
 
@@ -404,9 +429,6 @@ def canonical_signal_name(value: Any) -> Optional[str]:
 
 _NOT_SCALAR = object()  # a list or mapping where a scalar was expected, or an unreadable value
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_Validator = Callable[["_Checker", yaml.Node, str], Any]
-_Checked = Dict[str, Tuple[Any, yaml.Node]]  # key -> (validated value, its node)
-_Entries = Dict[str, Tuple[yaml.Node, yaml.Node]]  # key -> (key node, value node)
 
 
 def _node_value(node: yaml.Node) -> Any:
@@ -1238,7 +1260,6 @@ class Launch(NamedTuple):
     umask: Optional[int]
 
 
-@runtime_checkable
 class ProcessTree(Protocol):
     """Every process one service has running, whatever became of its main process."""
     backend: str  # "cgroup" | "session" | "job"
@@ -1250,7 +1271,6 @@ class ProcessTree(Protocol):
     def remove(self) -> None: ...                   # at exit: release what holds it
 
 
-@runtime_checkable
 class Processes(Protocol):
     """The process seam: everything the manager asks of the OS (PosixProcesses,
     WindowsProcesses, and the tests' fakes)."""
@@ -1975,7 +1995,7 @@ class WindowsProcesses:
                 except OSError:
                     pass  # the loop that listened is gone
 
-        threading.Thread(target=relay_request, name="shutdown-event", daemon=True).start()
+        in_thread(relay_request, "shutdown-event")
         return reader
 
     # -- starting
@@ -2005,8 +2025,7 @@ class WindowsProcesses:
                 _kernel32().CloseHandle(tree.jobs.pop(proc.pid))
             raise OSError(errno.EPERM, "cannot resume the suspended process")
         self._popen[proc.pid] = proc
-        threading.Thread(target=self._wait_for_exit, args=(proc,), name="wait-%d" % proc.pid,
-                         daemon=True).start()
+        in_thread(self._wait_for_exit, "wait-%d" % proc.pid, proc)
         return proc.pid
 
     def _wait_for_exit(self, proc: subprocess.Popen) -> None:
@@ -2099,7 +2118,7 @@ class WindowsProcesses:
                 pass  # the supervisor stopped watching
             writer.close()
 
-        threading.Thread(target=wait_for_parent, name="parent", daemon=True).start()
+        in_thread(wait_for_parent, "parent")
         return reader
 
 
@@ -2217,6 +2236,15 @@ def _windows_job_active_processes(job: Any) -> int:
     return int(info.ActiveProcesses)
 
 
+def in_thread(target: Callable[..., None], name: str, *args: Any) -> threading.Thread:
+    """Start ``target(*args)`` in a daemon thread. (threading is imported here only: most
+    supervisors on POSIX never start a thread.)"""
+    import threading
+    thread = threading.Thread(target=target, name=name, args=args, daemon=True)
+    thread.start()
+    return thread
+
+
 def _socket_for_pipe(fd: int) -> socket.socket:
     """A socket that receives what is written into pipe ``fd``, for a loop that can wait on
     sockets only (Windows). A thread copies until every writer has closed the pipe, then
@@ -2236,7 +2264,7 @@ def _socket_for_pipe(fd: int) -> socket.socket:
             os.close(fd)
             writer.close()
 
-    threading.Thread(target=copy, name="pipe-%d" % fd, daemon=True).start()
+    in_thread(copy, "pipe-%d" % fd)
     return reader
 
 
@@ -2623,40 +2651,44 @@ class Forwarder:
     slow terminal or a full pipe downstream never blocks the loop; past its queue it drops."""
 
     def __init__(self) -> None:
-        self._queue: "queue.Queue[Tuple[Any, bytes]]" = queue.Queue(FORWARD_QUEUE_CHUNKS)
+        self._queue: Optional[queue.Queue[Tuple[Any, bytes]]] = None
         self._thread: Optional[threading.Thread] = None
         self.dropped = 0
 
     def put(self, stream: Any, data: bytes) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="output", daemon=True)
-            self._thread.start()
-        try:
-            self._queue.put_nowait((stream, data))
-        except queue.Full:
+        if self._queue is None:
+            import queue  # (most supervisors never forward: a third of a megabyte saved)
+            self._queue = queue.Queue(FORWARD_QUEUE_CHUNKS)
+            self._thread = in_thread(self._run, "output", self._queue)
+        if self._queue.full():  # (only the loop puts: not full now is not full at the put)
             self.dropped += 1
+        else:
+            self._queue.put_nowait((stream, data))
 
-    def _run(self) -> None:
+    @staticmethod
+    def _run(chunks: queue.Queue[Tuple[Any, bytes]]) -> None:
         while True:
-            stream, data = self._queue.get()
+            stream, data = chunks.get()
             if stream is None:
                 return
             try:
                 stream.write(data)
-                if self._queue.empty():
+                if chunks.empty():
                     stream.flush()
             except (OSError, ValueError):
                 pass  # our own stdout is gone: nothing better to do with the output
 
     def close(self, timeout: float = 1.0) -> None:
         """Write out what is queued (for at most ``timeout``), then stop the thread."""
-        if self._thread is not None:
-            try:
-                self._queue.put((None, b""), timeout=timeout)
-            except queue.Full:
-                return
-            self._thread.join(timeout)
-            self._thread = None
+        if self._queue is None or self._thread is None:
+            return
+        import queue
+        try:
+            self._queue.put((None, b""), timeout=timeout)
+        except queue.Full:
+            return
+        self._thread.join(timeout)
+        self._queue = self._thread = None
 
 
 class RotatingFile:
@@ -4858,10 +4890,24 @@ def _add_command_options(command: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("signal", metavar="SIG", help="e.g. SIGHUP, HUP or 1")
 
 
+def _help_formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's formatter, told the terminal's width. Left to find it, argparse imports
+    shutil (and with it bz2, lzma, fnmatch) at every add_argument: 2 ms of every start."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdecimal():
+        width = int(columns)
+    else:
+        try:
+            width = os.get_terminal_size().columns  # stdout's, as shutil asks
+        except (OSError, ValueError):
+            width = 80
+    return argparse.RawDescriptionHelpFormatter(prog, width=width - 2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="supervisor", description="A compact process supervisor.",
-        epilog=EXIT_CODES_AND_SIGNALS, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EXIT_CODES_AND_SIGNALS, formatter_class=_help_formatter)
     parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
     _add_location_options(parser, None)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -4869,7 +4915,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (summary, example) in COMMANDS.items():
         command = commands.add_parser(
             name, help=summary, description=summary, epilog="example: " + example,
-            formatter_class=argparse.RawDescriptionHelpFormatter)
+            formatter_class=_help_formatter)
         _add_location_options(command, name)
         _add_command_options(name, command)
     return parser

@@ -40,7 +40,7 @@ class FakeProcesses:
     backend = "fake"
     exec_keeps_children = True
     orphans_come_home = True
-    services_open_files = None
+    services_open_files: Optional[int] = None
 
     def __init__(self) -> None:
         self.next_pid = 100
@@ -154,6 +154,10 @@ class FakeProcesses:
 
 
 def checked(processes: FakeProcesses) -> supervisor.Processes:
-    """For mypy: the fake implements the whole process seam (and at run time, its names)."""
-    assert isinstance(processes, supervisor.Processes)
+    """For mypy: the fake implements the whole process seam; at run time, it has every name
+    the seam declares (a protocol is a plain class at run time)."""
+    seam = supervisor.Processes
+    declared = set(seam.__annotations__) | {name for name in vars(seam) if name[0] != "_"}
+    missing = sorted(name for name in declared if not hasattr(processes, name))
+    assert not missing, "the fake lacks %s" % missing
     return processes

@@ -233,6 +233,32 @@ def test_run_as_a_script_imports_its_modules_once(tmp_path):
     assert imported.count("yaml") == 1 and imported.count("argparse") == 1, imported
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="PYTHONPROFILEIMPORTTIME output as on POSIX")
+def test_a_running_supervisor_imports_nothing_only_type_checkers_help_or_threads_need(tmp_path):
+    """typing (annotations only), shutil (argparse's --help width, from Python 3.9 on) and
+    threading with queue (forwarded output) stay out of a supervisor that does not use them:
+    each is memory for its whole life and time at every start."""
+    path = write(tmp_path, "services:\n  web:\n    command: sleep 600\n")
+    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
+    proc = subprocess.Popen([sys.executable, SUPERVISOR, "run", "-c", str(path)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    imported = set()
+    try:
+        for line in proc.stderr:
+            if "spawned pid" in line:
+                break
+            if line.startswith("import time:"):
+                imported.add(line.rsplit("|", 1)[1].strip())
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert "yaml" in imported  # (the output is the one looked for)
+    unwanted = {"typing", "threading", "queue"} | ({"shutil"} if sys.version_info >= (3, 9)
+                                                   else set())
+    assert not unwanted & imported
+
+
 def read_events(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 

@@ -343,3 +343,33 @@ def test_held_output_is_written_in_order_when_the_outer_block_ends_even_on_error
     assert "WARNING [web] pid 1 exited" in capsys.readouterr().err
     events.emit("stopped", "web", pid=2)  # no longer held
     assert json.loads(path.read_text().splitlines()[-1])["event"] == "stopped"
+
+
+def test_config_records_are_named_tuples_with_defaults_and_methods_but_no_dict():
+    """The module's NamedTuple stand-in (typing is not imported at run time) keeps what the
+    class syntax promises: fields in order, defaults, methods, _replace, and no __dict__."""
+    backoff = supervisor.Backoff(2.0)
+    assert backoff == (2.0, 60.0, 0.0) and backoff._fields == ("factor", "max_delay", "jitter")
+    assert backoff._replace(jitter=0.5) == supervisor.Backoff(2.0, 60.0, 0.5)
+    assert isinstance(backoff._replace(jitter=0.5), supervisor.Backoff)
+    assert repr(backoff) == "Backoff(factor=2.0, max_delay=60.0, jitter=0.0)"
+    problem = supervisor.Problem("f.yaml", 3, "services.web", "bad")
+    assert str(problem) == "f.yaml:3: services.web: bad"  # its own __str__
+    with pytest.raises(AttributeError):
+        problem.extra = 1  # (no instance dict: a tuple's size)
+    with pytest.raises(TypeError):
+        supervisor.Problem("f.yaml")  # fields without a default are required
+
+
+def test_help_is_as_wide_as_columns_says(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "50")
+    with pytest.raises(SystemExit):
+        supervisor.main(["run", "--help"])
+    options = capsys.readouterr().out.split("options:" if sys.version_info >= (3, 10)
+                                            else "optional arguments:")[1].split("example:")[0]
+    assert max(map(len, options.splitlines())) <= 48
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        supervisor.main(["run", "--help"])
+    assert "--exit-with-parent    shut down when the process that started the supervisor dies" \
+        in capsys.readouterr().out  # one line
