@@ -2,15 +2,16 @@
 """A compact process supervisor in one module.
 
 Run it with ``python supervisor.py run -c services.yaml``; only the standard library and
-PyYAML are needed (psutil, when importable, is used to find a service's processes on
-systems without ``/proc``).
+PyYAML are needed, and PyYAML only for a config in YAML (psutil, when importable, is used to
+find a service's processes on systems without ``/proc``).
 
 How it is put together, top to bottom:
 
 * **Logging** -- ``log()`` writes human lines (text or JSON) to stderr or a file, in colour
   on a terminal, and keeps the latest in memory for ``supervisor logs``.
 * **Config** -- YAML is composed into nodes (so every problem carries a line), validated in
-  one pass into named tuples; every problem is collected into one ``ConfigError``.
+  one pass into named tuples; every problem is collected into one ``ConfigError``. A JSON
+  object is read by json into nodes of the same shape.
 * **Event stream** -- one JSON object per line for every state transition (SPEC §4).
 * **Service states** -- one ``State`` enum and one transition table; ``Service.transition``
   is the only place a state changes, and it emits exactly one event.
@@ -101,8 +102,6 @@ import struct
 import time
 import types
 
-import yaml
-
 # Type checkers read the imports below; the running module does not import typing, which
 # would cost half a megabyte and some 3 ms (turning every NamedTuple field into a ForwardRef)
 # for the supervisor's whole life. It gets two stand-ins instead.
@@ -127,9 +126,18 @@ if TYPE_CHECKING:
         Tuple,
     )
 
-    _Validator = Callable[["_Checker", yaml.Node, str], Any]
-    _Checked = Dict[str, Tuple[Any, yaml.Node]]  # key -> (validated value, its node)
-    _Entries = Dict[str, Tuple[yaml.Node, yaml.Node]]  # key -> (key node, value node)
+    import yaml
+
+    class _Node(Protocol):
+        """A composed YAML node, or a _JsonNode shaped like one."""
+        @property
+        def id(self) -> str: ...  # "scalar", "sequence" or "mapping"
+        value: Any
+        start_mark: Any
+
+    _Validator = Callable[["_Checker", _Node, str], Any]
+    _Checked = Dict[str, Tuple[Any, _Node]]  # key -> (validated value, its node)
+    _Entries = Dict[str, Tuple[_Node, _Node]]  # key -> (key node, value node)
 else:
     Protocol = object  # at run time a protocol is the documentation of a seam
 
@@ -393,9 +401,6 @@ class Config(NamedTuple):
     path: str
     supervisor: SupervisorSettings
     services: Mapping[str, ServiceConfig]  # in file order
-    # Where each service is defined, for messages. Kept out of ServiceConfig so that a
-    # service that only moved in the file is not "changed" at a reload.
-    service_lines: Mapping[str, int]
 
 
 # Portable names, accepted even where this OS lacks them, so one config serves every platform.
@@ -431,33 +436,36 @@ _NOT_SCALAR = object()  # a list or mapping where a scalar was expected, or an u
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def _node_value(node: yaml.Node) -> Any:
+def _node_value(node: _Node) -> Any:
+    if isinstance(node, _JsonNode):
+        return node.data
+    import yaml
     try:
         return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
     except (yaml.YAMLError, ValueError):  # e.g. a timestamp such as 2024-13-01
-        return node.value if isinstance(node, yaml.ScalarNode) else _NOT_SCALAR
+        return node.value if node.id == "scalar" else _NOT_SCALAR
 
 
-def _scalar_value(node: yaml.Node) -> Any:
-    return _node_value(node) if isinstance(node, yaml.ScalarNode) else _NOT_SCALAR
+def _scalar_value(node: _Node) -> Any:
+    return _node_value(node) if node.id == "scalar" else _NOT_SCALAR
 
 
-def _is_null(node: yaml.Node) -> bool:
+def _is_null(node: _Node) -> bool:
     return _scalar_value(node) is None
 
 
-def _describe(node: yaml.Node) -> str:
+def _describe(node: _Node) -> str:
     """The value as the user wrote it, for "got ..." (YAML spellings for null and booleans)."""
     value = _node_value(node)
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
     if value is _NOT_SCALAR:  # could not be read at all
-        return "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
+        return "a list" if node.id == "sequence" else "a mapping"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _node_line(node: yaml.Node) -> int:
+def _node_line(node: _Node) -> int:
     return node.start_mark.line + 1
 
 
@@ -483,22 +491,22 @@ class _Checker:
         self.problems: List[Problem] = []
         self.service_names: Tuple[str, ...] = ()
 
-    def report(self, node: Optional[yaml.Node], key: str, message: str) -> None:
-        line = None if node is None else _node_line(node)
+    def report(self, node: Optional[_Node], key: str, message: str) -> None:
+        line = None if node is None or node.start_mark is None else _node_line(node)
         self.problems.append(Problem(self.path, line, key, message))
 
-    def expected(self, node: yaml.Node, key: str, what: str) -> None:
+    def expected(self, node: _Node, key: str, what: str) -> None:
         self.report(node, key, f"expected {what}, got {_describe(node)}")
 
-    def mapping(self, node: yaml.Node, key: str) -> _Entries:
+    def mapping(self, node: _Node, key: str) -> _Entries:
         """Entries by key text (so `on:` stays "on"); an empty value counts as an empty mapping."""
-        if not isinstance(node, yaml.MappingNode):
+        if node.id != "mapping":
             if not _is_null(node):
                 self.expected(node, key, "a mapping")
             return {}
         entries: _Entries = {}
         for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
+            if key_node.id != "scalar":
                 self.expected(key_node, key, "a plain key")
             elif key_node.value in entries:
                 lines = f"lines {_node_line(entries[key_node.value][0])} and {_node_line(key_node)}"
@@ -507,13 +515,13 @@ class _Checker:
                 entries[key_node.value] = (key_node, value_node)
         return entries
 
-    def sequence(self, node: yaml.Node, key: str, what: str) -> List[yaml.Node]:
-        if isinstance(node, yaml.SequenceNode):
+    def sequence(self, node: _Node, key: str, what: str) -> List[_Node]:
+        if node.id == "sequence":
             return list(node.value)
         self.expected(node, key, what)
         return []
 
-    def fields(self, node: yaml.Node, key: str, table: Mapping[str, _Validator]) -> _Checked:
+    def fields(self, node: _Node, key: str, table: Mapping[str, _Validator]) -> _Checked:
         """Each known key validated to (value, node); unknown keys reported with a suggestion."""
         found: _Checked = {}
         for name, (key_node, value_node) in self.mapping(node, key).items():
@@ -532,12 +540,12 @@ def _just_values(found: _Checked) -> Dict[str, Any]:
 # -- validators: (checker, node, key) -> value; a problem is reported, never raised --
 
 
-def _check_boolean(ch: _Checker, node: yaml.Node, key: str) -> Any:
+def _check_boolean(ch: _Checker, node: _Node, key: str) -> Any:
     value = _scalar_value(node)
     return value if isinstance(value, bool) else ch.expected(node, key, "true or false")
 
 
-def _check_text(ch: _Checker, node: yaml.Node, key: str) -> Any:
+def _check_text(ch: _Checker, node: _Node, key: str) -> Any:
     value = _scalar_value(node)
     if isinstance(value, str) and value:
         return value
@@ -549,7 +557,7 @@ def _nullable(validator: _Validator) -> _Validator:
 
 
 def _number(what: str, accept: Callable[[float], bool]) -> _Validator:
-    def check(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    def check(ch: _Checker, node: _Node, key: str) -> Any:
         value = _scalar_value(node)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return ch.expected(node, key, "a number")
@@ -563,7 +571,7 @@ def _number(what: str, accept: Callable[[float], bool]) -> _Validator:
 def _integer(low: int, high: float = math.inf, what: str = "") -> _Validator:
     what = what or (f"an integer {low}..{high}" if high < math.inf else f"an integer >= {low}")
 
-    def check(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    def check(ch: _Checker, node: _Node, key: str) -> Any:
         value = _scalar_value(node)
         if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
             return value
@@ -573,7 +581,7 @@ def _integer(low: int, high: float = math.inf, what: str = "") -> _Validator:
 
 
 def _choice(*options: str) -> _Validator:
-    def check(ch: _Checker, node: yaml.Node, key: str) -> Any:
+    def check(ch: _Checker, node: _Node, key: str) -> Any:
         value = _scalar_value(node)
         if isinstance(value, str) and value in options:
             return value
@@ -588,7 +596,7 @@ _check_seconds = _number("a number >= 0", lambda value: value >= 0)
 _check_positive_seconds = _number("a number > 0", lambda value: value > 0)
 
 
-def _check_signal(ch: _Checker, node: yaml.Node, key: str) -> Any:
+def _check_signal(ch: _Checker, node: _Node, key: str) -> Any:
     name = canonical_signal_name(_scalar_value(node))
     if name is None:
         names = sorted(_POSIX_SIGNALS.union(signal.Signals.__members__))
@@ -603,9 +611,9 @@ def _signal_stem(name: str) -> str:
     return name[3:] if name.startswith("SIG") else name
 
 
-def _check_command(ch: _Checker, node: yaml.Node, key: str) -> Any:
+def _check_command(ch: _Checker, node: _Node, key: str) -> Any:
     """A tuple of words, or a string left for _final_command once `shell` is known."""
-    if isinstance(node, yaml.SequenceNode):
+    if node.id == "sequence":
         if not node.value:
             return ch.expected(node, key, "a non-empty command")
         return tuple(_check_word(ch, item, f"{key}[{i}]") for i, item in enumerate(node.value))
@@ -615,12 +623,12 @@ def _check_command(ch: _Checker, node: yaml.Node, key: str) -> Any:
     return ch.expected(node, key, "a non-empty command (a string or a list of strings)")
 
 
-def _check_word(ch: _Checker, node: yaml.Node, key: str) -> Any:
+def _check_word(ch: _Checker, node: _Node, key: str) -> Any:
     value = _scalar_value(node)
     return value if isinstance(value, str) else ch.expected(node, key, "a string")
 
 
-def _final_command(ch: _Checker, command: Any, shell: Any, node: yaml.Node, key: str) -> Any:
+def _final_command(ch: _Checker, command: Any, shell: Any, node: _Node, key: str) -> Any:
     """The argv: with shell: true a string is one shell line, else it is split into words."""
     if command is None or (not shell and not isinstance(command, str)):
         return command
@@ -635,12 +643,12 @@ def _final_command(ch: _Checker, command: Any, shell: Any, node: yaml.Node, key:
         return None
 
 
-def _check_env(ch: _Checker, node: yaml.Node, key: str) -> Any:
+def _check_env(ch: _Checker, node: _Node, key: str) -> Any:
     env = {}
     for name, (key_node, value_node) in ch.mapping(node, key).items():
         if "=" in name or not name:
             ch.expected(key_node, _key_path(key, name), "a variable name without '='")
-        elif not isinstance(value_node, yaml.ScalarNode) or _is_null(value_node):
+        elif value_node.id != "scalar" or _is_null(value_node):
             ch.expected(value_node, _key_path(key, name), "a string")
         else:
             env[name] = value_node.value  # as written: PORT: 8080 -> "8080", MODE: 0755 -> "0755"
@@ -650,13 +658,13 @@ def _check_env(ch: _Checker, node: yaml.Node, key: str) -> Any:
 _check_exit_code = _integer(0, 255)
 
 
-def _check_exit_codes(ch: _Checker, node: yaml.Node, key: str) -> Any:
+def _check_exit_codes(ch: _Checker, node: _Node, key: str) -> Any:
     items = ch.sequence(node, key, "a list of exit codes")
     return frozenset(_check_exit_code(ch, item, f"{key}[{i}]") for i, item in enumerate(items))
 
 
-def _check_service_ref(ch: _Checker, node: yaml.Node, key: str) -> Any:
-    name = node.value if isinstance(node, yaml.ScalarNode) else None
+def _check_service_ref(ch: _Checker, node: _Node, key: str) -> Any:
+    name = node.value if node.id == "scalar" else None
     if name in ch.service_names:
         return name
     hint = _did_you_mean(name, ch.service_names)
@@ -664,13 +672,13 @@ def _check_service_ref(ch: _Checker, node: yaml.Node, key: str) -> Any:
     return None
 
 
-def _check_service_refs(ch: _Checker, node: yaml.Node, key: str) -> Any:
+def _check_service_refs(ch: _Checker, node: _Node, key: str) -> Any:
     items = ch.sequence(node, key, "a list of service names")
     names = (_check_service_ref(ch, item, f"{key}[{i}]") for i, item in enumerate(items))
     return tuple(dict.fromkeys(name for name in names if name))
 
 
-def _check_regex(ch: _Checker, node: yaml.Node, key: str) -> Any:
+def _check_regex(ch: _Checker, node: _Node, key: str) -> Any:
     pattern = _check_text(ch, node, key)
     if pattern is None:
         return None
@@ -682,7 +690,7 @@ def _check_regex(ch: _Checker, node: yaml.Node, key: str) -> Any:
     return pattern
 
 
-def _check_host_port(ch: _Checker, node: yaml.Node, key: str) -> Any:
+def _check_host_port(ch: _Checker, node: _Node, key: str) -> Any:
     value = _scalar_value(node)
     host, _, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
     if host and port.isdecimal() and 0 < int(port) < 65536:
@@ -699,7 +707,7 @@ _READY_PROBES: Dict[str, _Validator] = {
 _READY_KEYS = {**_READY_PROBES, "timeout": _check_positive_seconds}
 
 
-def _check_ready(ch: _Checker, node: yaml.Node, key: str) -> Any:
+def _check_ready(ch: _Checker, node: _Node, key: str) -> Any:
     found = _just_values(ch.fields(node, key, _READY_KEYS))
     probes = [name for name in found if name in _READY_PROBES]
     if len(probes) != 1:
@@ -716,8 +724,8 @@ _OUTPUT_FILE: Dict[str, _Validator] = {
 }
 
 
-def _check_output(ch: _Checker, node: yaml.Node, key: str) -> Any:
-    if isinstance(node, yaml.MappingNode):
+def _check_output(ch: _Checker, node: _Node, key: str) -> Any:
+    if node.id == "mapping":
         found = _just_values(ch.fields(node, key, _OUTPUT_FILE))
         if "file" not in found:
             ch.report(node, key, "missing required key 'file'")
@@ -732,7 +740,7 @@ def _check_output(ch: _Checker, node: yaml.Node, key: str) -> Any:
     return None
 
 
-def _check_control_socket(ch: _Checker, node: yaml.Node, key: str) -> Any:
+def _check_control_socket(ch: _Checker, node: _Node, key: str) -> Any:
     value = _scalar_value(node)
     if value is False or value is None:  # no control socket
         return None
@@ -741,7 +749,7 @@ def _check_control_socket(ch: _Checker, node: yaml.Node, key: str) -> Any:
     return ch.expected(node, key, "a path, default or false")
 
 
-def _check_umask(ch: _Checker, node: yaml.Node, key: str) -> Any:
+def _check_umask(ch: _Checker, node: _Node, key: str) -> Any:
     # YAML already reads 022 as octal; a string is read as octal too ("022", "0o22").
     value = _scalar_value(node)
     match = re.fullmatch(r"(?:0o)?([0-7]{1,4})", value.strip()) if isinstance(value, str) else None
@@ -806,7 +814,7 @@ _SUPERVISOR_KEYS: Dict[str, _Validator] = {
 
 
 def _build_service(
-    ch: _Checker, name: str, key_node: yaml.Node, node: yaml.Node, defaults: _Checked
+    ch: _Checker, name: str, key_node: _Node, node: _Node, defaults: _Checked
 ) -> Tuple[ServiceConfig, _Checked]:
     """One service: its own keys over `defaults`, except env, merged variable by variable."""
     key = f"services.{name}"
@@ -857,7 +865,7 @@ def _syntax_problem(path: str, exc: yaml.YAMLError) -> Problem:
     return Problem(path, mark.line + 1, "", f"invalid YAML at column {mark.column + 1}: {what}")
 
 
-def _node_itself(ch: _Checker, node: yaml.Node, key: str) -> yaml.Node:
+def _node_itself(ch: _Checker, node: _Node, key: str) -> _Node:
     return node
 
 
@@ -870,9 +878,8 @@ _TOP_KEYS: Dict[str, _Validator] = {
 
 
 def _build_services(
-    ch: _Checker, node: Optional[yaml.Node], defaults_node: Optional[yaml.Node]
-) -> Tuple[Dict[str, ServiceConfig], Dict[str, int]]:
-    """The services, and the line each is defined on."""
+    ch: _Checker, node: Optional[_Node], defaults_node: Optional[_Node]
+) -> Dict[str, ServiceConfig]:
     entries = ch.mapping(node, "services") if node else {}
     ch.service_names = tuple(entries)  # known before any depends_on or ready.after is checked
     for name, (key_node, _) in entries.items():
@@ -880,7 +887,7 @@ def _build_services(
             what = "a service name of letters, digits, '_', '.' or '-'"
             ch.report(key_node, "services", f"expected {what}, got {name!r}")
     # Say there are none, unless `services` was something else (reported as not a mapping).
-    if not entries and (node is None or isinstance(node, yaml.MappingNode) or _is_null(node)):
+    if not entries and (node is None or node.id == "mapping" or _is_null(node)):
         ch.report(node, "services", "at least one service is required")
     defaults = ch.fields(defaults_node, "defaults", _SERVICE_VALIDATORS) if defaults_node else {}
     services = {}
@@ -893,40 +900,130 @@ def _build_services(
     for cycle in _dependency_cycles(graph):
         message = "dependency cycle " + " -> ".join(cycle)
         ch.report(depends_on_nodes[cycle[0]], f"services.{cycle[0]}.depends_on", message)
-    return services, {name: _node_line(key_node) for name, (key_node, _) in entries.items()}
+    return services
+
+
+class _JsonNode:
+    """A value of a config written in JSON, in the shape of the YAML node it would compose to
+    (``id``, and in ``value`` the entries, the items or the text as written), with the value
+    itself in ``data``. It has no line: a JSON config with any problem is read again as YAML,
+    whose nodes have theirs, to say where."""
+
+    __slots__ = ("id", "value", "data")
+    start_mark = None
+
+    def __init__(self, data: Any) -> None:
+        if isinstance(data, dict):
+            self.id, self.data = "mapping", _NOT_SCALAR
+            self.value: Any = [(_JsonNode(key), _JsonNode(item)) for key, item in data.items()]
+        elif isinstance(data, list):
+            self.id, self.data, self.value = "sequence", _NOT_SCALAR, [_JsonNode(i) for i in data]
+        elif isinstance(data, str):  # a _JsonNumber is the number as written: "8080", "1.50"
+            self.id, self.value = "scalar", str(data)
+            self.data = json.loads(data) if isinstance(data, _JsonNumber) else data
+        else:  # true, false, null
+            self.id, self.value, self.data = "scalar", json.dumps(data), data
+
+
+class _JsonNumber(str):
+    """A number in a JSON config, as written."""
+
+
+def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    entries = dict(pairs)
+    if len(entries) < len(pairs):
+        raise ValueError("a duplicate key")  # said, with both lines, by the YAML reading
+    return entries
+
+
+def _json_root(text: str) -> Optional[_JsonNode]:
+    """The nodes of a config that is a JSON object; None for any other text. Read by json in
+    a fraction of a millisecond, without importing PyYAML (some 10 ms, and 1 MB for the
+    supervisor's whole life): what the pytest plugin and other programs write."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        return _JsonNode(json.loads(text, object_pairs_hook=_unique_keys,
+                                    parse_int=_JsonNumber, parse_float=_JsonNumber))
+    except ValueError:
+        return None
 
 
 # libyaml's parser when PyYAML has it: some 20 times faster (500 services take 0.12 s to
 # compose in pure Python, 7 ms with libyaml). Its error messages are worded differently, so a
 # document it refuses is composed again by the pure-Python parser, whose words ours quote.
-_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_FAST_LOADER = "CSafeLoader"
 
 
-def _compose(text: str) -> Optional[yaml.Node]:
+def _yaml_root(text: str, path: str) -> _Node:
+    """The composed YAML mapping at the top of a config; ConfigError if there is none."""
     try:
-        return yaml.compose(text, Loader=_FAST_LOADER)
-    except yaml.YAMLError:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        import yaml
+    except ImportError:
+        message = "reading YAML needs PyYAML (pip install PyYAML); a config in JSON does not"
+        raise ConfigError([Problem(path, None, "", message)]) from None
+    try:
+        try:
+            root = yaml.compose(text, Loader=getattr(yaml, _FAST_LOADER, yaml.SafeLoader))
+        except yaml.YAMLError:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError([_syntax_problem(path, exc)]) from None
+    if isinstance(root, yaml.MappingNode):
+        return root
+    line, got = (None, "an empty file") if root is None else (
+        _node_line(root), _describe(root))  # type: ignore[arg-type]  # (a scalar or a list)
+    message = f"expected a mapping with a 'services' key, got {got}"
+    raise ConfigError([Problem(path, line, "", message)])
+
+
+def _checked(ch: _Checker, root: _Node) -> Config:
+    top = _just_values(ch.fields(root, "", _TOP_KEYS))
+    services = _build_services(ch, top.get("services"), top.get("defaults"))
+    supervisor = top.get("supervisor", SupervisorSettings())
+    return Config(ch.path, supervisor, types.MappingProxyType(services))
+
+
+def _config_error(problems: List[Problem]) -> ConfigError:
+    unique = dict.fromkeys(problems)  # a bad default is found once per service
+    return ConfigError(sorted(unique, key=lambda problem: problem.line or 0))
 
 
 def parse_config(text: str, path: str) -> Config:
-    """Validate a whole config; raises ConfigError listing every problem found."""
-    try:
-        root = _compose(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([_syntax_problem(path, exc)]) from None
-    if not isinstance(root, yaml.MappingNode):
-        line, got = (None, "an empty file") if root is None else (_node_line(root), _describe(root))
-        message = f"expected a mapping with a 'services' key, got {got}"
-        raise ConfigError([Problem(path, line, "", message)])
+    """Validate a whole config; raises ConfigError listing every problem found.
+
+    A JSON object (JSON is YAML too) is read as JSON. One with a problem is read again as
+    YAML, to tell each problem's line; where YAML reads a value otherwise (1e3: a number in
+    JSON, a string in YAML), what YAML makes of it stands."""
+    json_root = _json_root(text)
+    if json_root is None:
+        root = _yaml_root(text, path)
+    else:
+        ch = _Checker(path)
+        config = _checked(ch, json_root)
+        if not ch.problems:
+            return config
+        try:
+            root = _yaml_root(text, path)
+        except ConfigError:  # no PyYAML: the problems, without their lines
+            raise _config_error(ch.problems) from None
     ch = _Checker(path)
-    top = _just_values(ch.fields(root, "", _TOP_KEYS))
-    services, lines = _build_services(ch, top.get("services"), top.get("defaults"))
+    config = _checked(ch, root)
     if ch.problems:
-        unique = dict.fromkeys(ch.problems)  # a bad default is found once per service
-        raise ConfigError(sorted(unique, key=lambda problem: problem.line or 0))
-    supervisor = top.get("supervisor", SupervisorSettings())
-    return Config(path, supervisor, types.MappingProxyType(services), types.MappingProxyType(lines))
+        raise _config_error(ch.problems)
+    return config
+
+
+def service_lines(text: str) -> Dict[str, int]:
+    """The line each service of a valid config is defined on, for messages ({} without
+    PyYAML). Kept out of Config: a service that only moved in the file is not "changed"."""
+    ch = _Checker("")
+    try:
+        services = ch.mapping(_yaml_root(text, ""), "").get("services")
+    except ConfigError:
+        return {}
+    entries = ch.mapping(services[1], "services") if services else {}
+    return {name: _node_line(key_node) for name, (key_node, _) in entries.items()}
 
 
 def read_config_text(path: str) -> str:
@@ -2603,12 +2700,15 @@ def expand_variables(text: str, env: Mapping[str, str]) -> str:
     return VARIABLE.sub(replace, text)
 
 
-def config_warnings(config: Config) -> List[str]:
+def config_warnings(config: Config, text: str) -> List[str]:
     """What ``check`` warns about: a program that is not found or not executable, and a
     ${VAR} with neither a value nor a default (it expands to nothing)."""
+    found = [(name, key, message) for name, service in config.services.items()
+             for key, message in _warnings(service)]
+    lines = service_lines(text) if found else {}
     return ["%s: warning: services.%s.%s: %s" % (
-        Problem(config.path, config.service_lines[name], "", ""), name, key, message)
-        for name, service in config.services.items() for key, message in _warnings(service)]
+        Problem(config.path, lines.get(name), "", ""), name, key, message)
+        for name, key, message in found]
 
 
 def _warnings(service: ServiceConfig) -> Iterator[Tuple[str, str]]:
@@ -4926,7 +5026,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check":
         try:
-            config = parse_config(read_config_text(args.config), args.config)
+            text = read_config_text(args.config)
+            config = parse_config(text, args.config)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return EXIT_USAGE
@@ -4935,7 +5036,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(ConfigError(problems), file=sys.stderr)
             return EXIT_USAGE
         print("%s: OK (%d services)" % (args.config, len(config.services)))
-        for warning in config_warnings(config):
+        for warning in config_warnings(config, text):
             print(warning, file=sys.stderr)
         return EXIT_OK
     if args.command == "run":

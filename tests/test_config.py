@@ -1,9 +1,11 @@
 """The config loader: defaults, merging, and the exact words and line of every problem."""
 
 import errno
+import json
 import os
 import re
 import signal
+import sys
 import textwrap
 
 import pytest
@@ -19,7 +21,7 @@ def yaml_parser(request, monkeypatch):
     """Every test here runs with both parsers: libyaml's (the fast one, where PyYAML has it)
     and the pure-Python one (a PyYAML without libyaml; also what words a syntax error)."""
     if request.param == "pure Python":
-        monkeypatch.setattr(cfg, "_FAST_LOADER", yaml.SafeLoader)
+        monkeypatch.setattr(cfg, "_FAST_LOADER", "SafeLoader")
     elif not hasattr(yaml, "CSafeLoader"):
         pytest.skip("this PyYAML has no libyaml")
 
@@ -109,7 +111,7 @@ def test_demo_config_parses_with_spec_defaults():
         umask=None,
         user=None,
     )
-    assert dict(config.service_lines) == {"db": 8, "web": 11, "report": 20}
+    assert cfg.service_lines(DEMO) == {"db": 8, "web": 11, "report": 20}
     web = config.services["web"]
     assert web.command == ("python", "app.py")
     assert web.depends_on == ("db",)
@@ -155,12 +157,50 @@ def test_json_is_accepted():
     assert config.services["a"].restart == "never"
 
 
+def test_a_config_in_json_reads_as_the_same_config_in_yaml():
+    as_json = json.dumps(yaml.safe_load(DEMO), indent=1)
+    assert as_json.startswith("{")
+    assert parse(as_json) == parse(DEMO)
+
+
+def test_a_config_in_json_keeps_numbers_as_written_where_text_is_wanted():
+    config = parse('{"services": {"web": {"command": ["x"], "stop_timeout": 1e3,'
+                   ' "env": {"RATIO": 1.50, "PORT": 8080, "ON": true, "NAME": "a\\u00e9"}}}}')
+    assert config.services["web"].stop_timeout == 1000.0  # a number in JSON (a string in YAML)
+    assert dict(config.services["web"].env) == {
+        "RATIO": "1.50", "PORT": "8080", "ON": "true", "NAME": "a\u00e9"}
+
+
+def test_a_problem_in_a_json_config_is_told_with_its_line():
+    text = '{\n "services": {\n  "web": {\n   "comand": ["x"]\n  }\n }\n}\n'
+    assert list(map(str, problems(text))) == [
+        "services.yaml:3: services.web: missing required key 'command'",
+        "services.yaml:4: services.web.comand: unknown key (did you mean 'command'?)"]
+
+
+def test_a_duplicate_key_in_a_json_config_is_told_with_both_lines():
+    text = '{"services": {\n "web": {"command": ["x"]},\n "web": {"command": ["y"]}}}'
+    assert list(map(str, problems(text))) == [
+        "services.yaml:3: services.web: duplicate key (lines 2 and 3)"]
+
+
+def test_a_json_config_needs_no_pyyaml_and_a_yaml_one_says_it_does(monkeypatch):
+    monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml: ImportError
+    config = parse('{"services": {"a": {"command": ["x"]}}}')
+    assert config.services["a"].command == ("x",)
+    assert list(map(str, problems("services:\n  a: {command: [x]}\n"))) == [
+        "services.yaml: reading YAML needs PyYAML (pip install PyYAML);"
+        " a config in JSON does not"]
+    assert list(map(str, problems('{"services": {"a": {"command": ["x"], "restart": 1}}}'))) == [
+        "services.yaml: services.a.restart: expected one of always, on-failure, never; got 1"]
+
+
 def test_the_same_service_compares_equal_and_a_changed_env_does_not():
     config, moved_config = parse(DEMO), parse("\n\n" + DEMO)
     first, moved = config.services["web"], moved_config.services["web"]
     changed = parse(DEMO.replace("PORT: 8080", "PORT: 8081")).services["web"]
 
-    assert moved_config.service_lines["web"] == config.service_lines["web"] + 2
+    assert cfg.service_lines("\n\n" + DEMO)["web"] == cfg.service_lines(DEMO)["web"] + 2
     assert first == moved and hash(first) == hash(moved)  # the line is not compared
     assert first != changed
 
