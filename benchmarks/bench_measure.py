@@ -401,12 +401,13 @@ def _kill(pid: int) -> None:
 
 # --------------------------------------------------------------------------- start-up
 
-def startup(bench: Bench, subjects: Sequence[Subject], count: int, installed: bool = False
-            ) -> Dict[str, Outcome]:
+def startup(bench: Bench, subjects: Sequence[Subject], count: int, installed: bool = False,
+            yaml_config: bool = False) -> Dict[str, Outcome]:
     """From launching the supervisor until ``count`` services run (exec'd) at once.
-    ``installed``: pytest-supervisor as an installed program runs (see its ``installed``)."""
+    ``installed``: pytest-supervisor as an installed program runs (see its ``installed``),
+    with its config in YAML if ``yaml_config`` (else in JSON)."""
     if installed:
-        subjects = [s.installed(bench.workroot / "installed")
+        subjects = [s.installed(bench.workroot / "installed", yaml_config)
                     if isinstance(s, PytestSupervisor) else s for s in subjects]
     def trial(bench: Bench, subject: Subject) -> float:
         with bench.running(subject, sleep_services(count)) as run:

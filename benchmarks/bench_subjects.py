@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Type
 
+import yaml
+
 from pytest_supervisor.targets import builtin
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -157,11 +159,15 @@ class PytestSupervisor(Subject):
     supports_self_respawn = True
 
     def __init__(self, script: Path, python: str = sys.executable,
-                 environment: Optional[Dict[str, str]] = None, as_module: bool = False):
+                 environment: Optional[Dict[str, str]] = None, as_module: bool = False,
+                 yaml_config: bool = False):
         self.script = script
         self.python = python
         self._environment = environment or {}
         self.as_module = as_module  # `python -m supervisor`, not `python supervisor.py`
+        # The config in YAML, as people write it; else in JSON, as programs (the pytest
+        # plugin) write it, which the supervisor reads without importing PyYAML.
+        self.yaml_config = yaml_config
 
     def environment(self, workdir: Path) -> Dict[str, str]:
         return self._environment
@@ -170,12 +176,13 @@ class PytestSupervisor(Subject):
         return PytestSupervisor(python_copy(self.script, python, cold, folder), python,
                                 bytecode_environment(cold), self.as_module)
 
-    def installed(self, folder: Path) -> "PytestSupervisor":
+    def installed(self, folder: Path, yaml_config: bool = False) -> "PytestSupervisor":
         """Run as an installed program is: `python -m supervisor` (the console script is the
         same), its bytecode compiled beforehand (as pip does), in one interpreter."""
         copy = python_copy(self.script, self.python, False, folder)
         return PytestSupervisor(copy, self.python, dict(
-            bytecode_environment(False), PYTHONPATH=str(copy.parent)), as_module=True)
+            bytecode_environment(False), PYTHONPATH=str(copy.parent)), as_module=True,
+            yaml_config=yaml_config)
 
     def version(self) -> str:
         out = subprocess.run([sys.executable, str(self.script), "--version"],
@@ -197,7 +204,8 @@ class PytestSupervisor(Subject):
             "services": {s.name: {"command": list(s.argv)} for s in services},
         }
         path = workdir / "services.yaml"
-        path.write_text(json.dumps(config, indent=1))  # JSON is YAML
+        path.write_text(yaml.safe_dump(config, sort_keys=False) if self.yaml_config
+                        else json.dumps(config, indent=1))
         program = ["-m", self.script.stem] if self.as_module else [str(self.script)]
         argv = [self.python, *program, "run", "-c", str(path),
                 "--events", str(self.events_file(workdir)), "--log-level", "warning"]

@@ -70,6 +70,11 @@ BENCHMARKS = [
     Benchmark("startup_100_installed", "startup", "launch until 100 `sleep` services run, "
               "pytest-supervisor as installed: `python -m supervisor`, bytecode compiled",
               functools.partial(measure.startup, count=100, installed=True), True),
+    Benchmark("startup_100_installed_yaml", "startup", "launch until 100 `sleep` services "
+              "run, pytest-supervisor as installed, its config in YAML (every other figure: "
+              "in JSON, as the pytest plugin writes it)",
+              functools.partial(measure.startup, count=100, installed=True, yaml_config=True),
+              False),
     Benchmark("startup_interpreters", "startup", "launch until 100 `sleep` services run, "
               "under a virtualenv's interpreter and the machine's default, warm and cold",
               functools.partial(measure.startup_interpreters, count=100), True),
