@@ -211,12 +211,10 @@ def test_run_as_a_script_reexecutes_itself_as_an_import_in_the_same_process(tmp_
     assert len({pid for _, pid in service_events}) == 1  # adopted, not restarted
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="only POSIX exec keeps the PID")
-def test_run_as_a_script_imports_its_modules_once(tmp_path):
-    """The script re-executes itself before it imports anything: PyYAML and the rest are
-    imported by the image that stays, not once more by the one it replaces."""
-    path = write(tmp_path, "services:\n  web:\n    command: sleep 600\n")
-    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")  # both images print their imports
+def imports_until_spawned(path):
+    """The modules a supervisor run as a script on config ``path`` imports (by every image it
+    is, in order) until its service is spawned."""
+    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")  # each image prints its imports
     proc = subprocess.Popen([sys.executable, SUPERVISOR, "run", "-c", str(path)],
                             stderr=subprocess.PIPE, text=True, env=env)
     imported = []
@@ -230,6 +228,14 @@ def test_run_as_a_script_imports_its_modules_once(tmp_path):
         proc.kill()
         proc.wait()
         proc.stderr.close()
+    return imported
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="only POSIX exec keeps the PID")
+def test_run_as_a_script_imports_its_modules_once(tmp_path):
+    """The script re-executes itself before it imports anything: PyYAML and the rest are
+    imported by the image that stays, not once more by the one it replaces."""
+    imported = imports_until_spawned(write(tmp_path, "services:\n  web:\n    command: sleep 600\n"))
     assert imported.count("yaml") == 1 and imported.count("argparse") == 1, imported
 
 
@@ -240,22 +246,9 @@ def test_a_running_supervisor_imports_nothing_it_does_not_use(tmp_path, written_
     threading with queue (forwarded output), and PyYAML for a config in JSON, stay out of a
     supervisor that does not use them: each is memory for its whole life and time at every
     start."""
-    path = write(tmp_path, "services:\n  web:\n    command: sleep 600\n" if written_in == "YAML"
-                 else '{"services": {"web": {"command": "sleep 600"}}}')
-    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
-    proc = subprocess.Popen([sys.executable, SUPERVISOR, "run", "-c", str(path)],
-                            stderr=subprocess.PIPE, text=True, env=env)
-    imported = set()
-    try:
-        for line in proc.stderr:
-            if "spawned pid" in line:
-                break
-            if line.startswith("import time:"):
-                imported.add(line.rsplit("|", 1)[1].strip())
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stderr.close()
+    imported = set(imports_until_spawned(write(
+        tmp_path, "services:\n  web:\n    command: sleep 600\n" if written_in == "YAML"
+        else '{"services": {"web": {"command": "sleep 600"}}}')))
     assert "argparse" in imported  # (the output is the one looked for)
     unwanted = {"typing", "threading", "queue"} | ({"shutil"} if sys.version_info >= (3, 9)
                                                    else set())
