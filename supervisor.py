@@ -2446,9 +2446,12 @@ def _start_process(launch: Launch) -> int:
                 actions.append((os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_WRONLY, 0))
             else:
                 actions.append((os.POSIX_SPAWN_DUP2, target, fd))
-        return os.posix_spawn(_find_program(argv[0], launch.env), argv, launch.env,
-                              file_actions=actions, setsid=True, setsigmask=(),
-                              setsigdef=_DEFAULT_SIGNALS)
+        try:
+            return os.posix_spawn(_find_program(argv[0], launch.env), argv, launch.env,
+                                  file_actions=actions, setsid=True, setsigmask=(),
+                                  setsigdef=_DEFAULT_SIGNALS)
+        except NotImplementedError:  # no POSIX_SPAWN_SETSID (macOS before 10.15): Popen does it
+            pass
     import subprocess
     try:
         proc = subprocess.Popen(

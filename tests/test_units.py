@@ -68,6 +68,17 @@ def test_a_service_with_a_working_folder_is_started_by_popen():
     assert seen[-1] == dict(seen[-1], event="spawned", service="web", pid=4242, attempt=1)
 
 
+def test_where_posix_spawn_cannot_start_a_session_popen_does():
+    """macOS before 10.15 has no POSIX_SPAWN_SETSID: Python's posix_spawn raises
+    NotImplementedError there."""
+    manager, seen = make_manager({"web": {"command": ["server"]}})
+    with mock.patch("subprocess.Popen", return_value=fake_popen(4242)) as popen, \
+            fake_spawn(error=NotImplementedError("setsid")) as spawn:
+        manager.start_service("web")
+    assert spawn.call_count == 1 and popen.call_args[1]["start_new_session"] is True
+    assert seen[-1] == dict(seen[-1], event="spawned", service="web", pid=4242, attempt=1)
+
+
 def test_shell_command_is_passed_as_one_string():
     manager, _ = make_manager({"sh": {"command": "echo $HOME && sleep 1", "shell": True}})
     with fake_spawn(7) as spawn:
