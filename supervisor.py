@@ -149,9 +149,11 @@ else:
             if not bases:  # NamedTuple itself
                 return super().__new__(mcs, name, bases, namespace)
             fields = list(namespace.get("__annotations__", {}))
-            defaults = [namespace.pop(field) for field in fields if field in namespace]
-            base = collections.namedtuple(name, fields, defaults=defaults,
-                                          module=namespace["__module__"])
+            defaulted = [field for field in fields if field in namespace]
+            if defaulted != fields[len(fields) - len(defaulted):]:
+                raise TypeError(f"{name}: a field without a default after one with a default")
+            base = collections.namedtuple(name, fields, module=namespace["__module__"],
+                                          defaults=[namespace.pop(f) for f in defaulted])
             return type(name, (base,), dict(namespace, __slots__=()))
 
     class NamedTuple(metaclass=_NamedTupleType):

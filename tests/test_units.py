@@ -370,6 +370,10 @@ def test_config_records_are_named_tuples_with_defaults_and_methods_but_no_dict()
         problem.extra = 1  # (no instance dict: a tuple's size)
     with pytest.raises(TypeError):
         supervisor.Problem("f.yaml")  # fields without a default are required
+    with pytest.raises(TypeError, match="Bad: a field without a default after one with"):
+        class Bad(supervisor.NamedTuple):  # as typing says (collections would shift defaults)
+            first: int = 1
+            second: int
 
 
 def test_help_is_as_wide_as_columns_says(capsys, monkeypatch):
