@@ -225,9 +225,12 @@ def imports_until_spawned(path):
             if line.startswith("import time:"):
                 imported.append(line.rsplit("|", 1)[1].strip())
     finally:
-        proc.kill()
-        proc.wait()
-        proc.stderr.close()
+        proc.terminate()  # a clean stop: its service goes with it
+        try:
+            proc.communicate(timeout=15)
+        finally:
+            proc.kill()
+            proc.wait()
     return imported
 
 

@@ -309,11 +309,12 @@ class S6(Target):
 # runsvdir alone cannot stop the services: on SIGHUP it tells each runsv to exit once its
 # service is down, and exits, but nothing takes the services down. So runsvdir runs under
 # sh, which on SIGTERM does what runit's own stage 3 does: sv force-stop, sv exit, then
-# SIGHUP to runsvdir.
+# SIGHUP to runsvdir. It waits for the runsv processes to exit too (sv -w), as runit's PID 1
+# sees to after stage 3: else they can outlive the sh, and count as leaked.
 RUNIT_STAGE_3 = """\
 runsvdir -P "$1" &
 runsvdir=$!
-trap 'sv -w "$2" force-stop "$1"/*; sv exit "$1"/*; kill -HUP $runsvdir' TERM
+trap 'sv -w "$2" force-stop "$1"/*; sv -w "$2" exit "$1"/*; kill -HUP $runsvdir' TERM
 wait $runsvdir
 wait $runsvdir
 """
