@@ -4,6 +4,7 @@ file, waiting on what other processes write (which sends no event a test could w
 for processes to end, a free port, and the words this OS gives to the harness's kill and to
 a command line."""
 import json
+import os
 import shlex
 import socket
 import subprocess
@@ -80,6 +81,18 @@ def wait_until(condition, what, timeout=10.0):
             return value
         assert time.monotonic() < deadline, "timed out waiting for " + what
         time.sleep(0.02)
+
+
+def open_descriptors(pid):
+    """What ``pid``'s open descriptors point at (Linux /proc). One closed between the listing
+    and the reading of its link is left out: a process opens and closes files as it runs."""
+    targets = {}
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            targets[int(fd)] = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except FileNotFoundError:
+            pass
+    return targets
 
 
 def is_running(pid):

@@ -9,7 +9,7 @@ import sys
 
 import psutil
 import pytest
-from process_helpers import ROOT, SUPERVISOR, cli, wait_until
+from process_helpers import ROOT, SUPERVISOR, cli, open_descriptors, wait_until
 
 import supervisor
 
@@ -196,8 +196,7 @@ def test_run_as_a_script_reexecutes_itself_as_an_import_in_the_same_process(tmp_
         assert cmdline[4:] == argv
         if hasattr(os, "memfd_create"):  # the module compiled, handed over in a memfd,
             assert cmdline[3].isdigit()  # read, and closed:
-            assert not [link for link in (os.readlink("/proc/%d/fd/%s" % (proc.pid, fd))
-                                          for fd in os.listdir("/proc/%d/fd" % proc.pid))
+            assert not [link for link in open_descriptors(proc.pid).values()
                         if "memfd:" in link]
         proc.send_signal(signal.SIGUSR2)  # a re-exec: the image it gives is the import again
         started = wait_until(lambda: [e for e in read_events(events)
