@@ -1,8 +1,8 @@
 """What the tests share (the one home for helpers; fixtures are in conftest.py): running
 supervisor.py's CLI, a ServiceManager without a process behind it, reading a dummy's pids
 file, waiting on what other processes write (which sends no event a test could wait on) or
-for processes to end, a free port, and the words this OS gives to the harness's kill and to
-a command line."""
+for processes to end, a process's open descriptors, a free port, and the words this OS gives
+to the harness's kill and to a command line."""
 import json
 import os
 import shlex
